@@ -1,0 +1,82 @@
+"""The tutorial's char-RNN (Embedding -> GRU -> Dense logits), its masked loss and accuracy, and weight hand-off."""
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+from fedlm.vocab import PAD_ID, VOCAB_SIZE
+
+
+def build_model(embedding_dim: int, rnn_units: int, batch_size: int | None = None, stateful: bool = False) -> tf.keras.Model:
+    """Embedding(vocab, E) -> GRU(H, return_sequences) -> Dense(vocab); batch 1 + stateful for generation."""
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(None,), batch_size=batch_size, dtype=tf.int32),
+            tf.keras.layers.Embedding(VOCAB_SIZE, embedding_dim),
+            tf.keras.layers.GRU(rnn_units, return_sequences=True, stateful=stateful),
+            tf.keras.layers.Dense(VOCAB_SIZE),
+        ]
+    )
+
+
+def _target_mask(y_true: tf.Tensor) -> tf.Tensor:
+    """1 for real vocabulary targets; 0 for padding and OOV (ids >= PAD_ID)."""
+    return tf.cast(tf.less(tf.cast(y_true, tf.int32), PAD_ID), tf.float32)
+
+
+@tf.keras.utils.register_keras_serializable(package="fedlm")
+class MaskedCrossEntropy(tf.keras.losses.Loss):
+    """Mean cross-entropy over real target characters of a batch (padding and OOV excluded)."""
+
+    def __init__(self, name: str = "masked_cross_entropy", **kwargs):
+        super().__init__(name=name, reduction=tf.keras.losses.Reduction.NONE, **kwargs)
+
+    def call(self, y_true, y_pred):
+        mask = _target_mask(y_true)
+        labels = tf.minimum(tf.cast(y_true, tf.int32), VOCAB_SIZE - 1)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=y_pred)
+        return tf.math.divide_no_nan(tf.reduce_sum(ce * mask), tf.reduce_sum(mask))
+
+
+@tf.keras.utils.register_keras_serializable(package="fedlm")
+class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
+    """Next-character accuracy over real targets (padding and OOV excluded)."""
+
+    def __init__(self, name: str = "accuracy", dtype=tf.float32):
+        super().__init__(name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(
+            tf.reshape(y_true, [-1, 1]), tf.reshape(y_pred, [-1, VOCAB_SIZE]), tf.reshape(_target_mask(y_true), [-1])
+        )
+
+
+def compile_for_eval(model: tf.keras.Model) -> tf.keras.Model:
+    model.compile(loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
+    return model
+
+
+def load_initial_weights(path: str, template: tf.keras.Model) -> list:
+    """Weights of the Keras model at `path`, checked against the configured architecture."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model.init: no such file {path!r}")
+    try:
+        loaded = tf.keras.models.load_model(path, compile=False)
+    except Exception as e:
+        raise ValueError(f"model.init: {path!r} is not a loadable Keras model: {e}") from e
+    got = [tuple(w.shape) for w in loaded.get_weights()]
+    want = [tuple(w.shape) for w in template.get_weights()]
+    if got != want:
+        raise ValueError(
+            f"model.init: {path!r} has weight shapes {got}, but the configured model "
+            f"(vocab {VOCAB_SIZE}) needs {want}; pick the matching model= config"
+        )
+    return loaded.get_weights()
+
+
+def save_model(model: tf.keras.Model, path: str) -> str:
+    """Keras file without optimizer, as the tutorial's published models."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tf.keras.models.save_model(model, path, include_optimizer=False)
+    return path

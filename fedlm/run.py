@@ -1,0 +1,132 @@
+"""`python -m fedlm.run [key=value ...]`: compose the config, then data and model -> process -> loop -> MLflow."""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from fedlm import config as config_lib
+
+
+def run(cfg: DictConfig) -> float:
+    """One experiment; returns the final eval loss (for sweepers)."""
+    config_lib.validate(cfg)  # before TensorFlow is imported: bad input costs nothing
+    import mlflow
+    import tensorflow as tf
+    from hydra.utils import instantiate
+
+    from fedlm import data as data_lib
+    from fedlm import federated, model as model_lib, preprocessing, pretrain, runtime, tracking, training
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    overrides = list(hydra_cfg.overrides.task)
+    mlflow.set_tracking_uri(tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri))
+
+    # Data.
+    plays = data_lib.load_plays()
+    text = data_lib.build_federated_text(plays, cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
+    if cfg.data.name == "tff_shakespeare":
+        train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
+    else:
+        train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
+    config_lib.check_population(cfg, len(train_data.client_ids))
+
+    # Model: the pretrained start.
+    def keras_model() -> tf.keras.Model:
+        return model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
+
+    init_path = pretrain.pretrained_model_path(cfg)
+    start_model = keras_model()
+    start_model.set_weights(model_lib.load_initial_weights(init_path, start_model))
+
+    with runtime.tff_context():
+        import tensorflow_federated as tff
+
+        try:
+            client_optimizer = instantiate(cfg.optimizer)
+            server_optimizer = instantiate(cfg.server_optimizer)
+        except Exception as e:
+            raise config_lib.ConfigError(f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / "
+                                         f"{dict(cfg.server_optimizer)}: {e}") from e
+        process = federated.build_fed_avg(
+            federated.build_model_fn(keras_model, cfg.seq_length), client_optimizer, server_optimizer,
+            cfg.client_weighting,
+        )
+        initial = federated.StartFrom(process, tff.learning.models.ModelWeights.from_model(start_model))
+
+        def client_dataset(cid: str, round_num: int) -> tf.data.Dataset:
+            return preprocessing.client_dataset(
+                train_data.create_tf_dataset_for_client(cid), cfg.seq_length, cfg.batch_size, cfg.shuffle_buffer,
+                seed=cfg.seed * 100_003 + round_num, local_epochs=cfg.local_epochs,
+                max_batches=cfg.max_batches_per_client,
+            )
+
+        select = training.build_client_selection(train_data.client_ids, cfg.clients_per_round, cfg.seed, client_dataset)
+        eval_ids = sorted(test_data.client_ids)
+        eval_ids = [eval_ids[i] for i in sorted(
+            __import__("numpy").random.default_rng(cfg.seed).choice(len(eval_ids), min(cfg.eval_clients, len(eval_ids)), replace=False))]
+        eval_data = preprocessing.eval_dataset(
+            [test_data.create_tf_dataset_for_client(c) for c in eval_ids], cfg.seq_length, cfg.eval_batch_size
+        )
+        eval_model = keras_model()
+        evaluate = training.build_keras_evaluation(process, eval_model)
+
+        run_name = ",".join(overrides) if overrides else "default"
+        tags = {"fedlm.overrides": " ".join(overrides), "fedlm.git_commit": tracking.git_commit()}
+        sweep_dir = hydra_cfg.sweep.dir if multirun else None
+        with tracking.start_run(cfg.mlflow.experiment_name, run_name, sweep_dir, tags) as active:
+            print(f"MLflow run {active.info.run_id} in {mlflow.get_tracking_uri()}", flush=True)
+            tracking.log_config(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)), OmegaConf.to_yaml(cfg, resolve=True))
+            mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
+            mlflow.set_tag("fedlm.model_init", init_path)
+            state = training.train(
+                initial, select, cfg.rounds, evaluate, eval_data, cfg.eval_every,
+                [tracking.MlflowReleaseManager(), tracking.ProgressReleaseManager(cfg.rounds)],
+            )
+            # Hand the trained (not the initial) weights back to Keras, save and log them.
+            process.get_model_weights(state).assign_weights_to(eval_model)
+            final = eval_model.evaluate(eval_data, verbose=0, return_dict=True)
+            out_dir = hydra_cfg.runtime.output_dir
+            path = model_lib.save_model(eval_model, f"{out_dir}/final_model.h5")
+            mlflow.log_artifact(path, "model")
+            mlflow.log_text(_sample(eval_model, cfg.seed), "samples/final.txt")
+            print(f"final eval_loss {final['loss']:.4f}  eval_accuracy {final['accuracy']:.4f}; model at {path}")
+    return float(final["loss"])
+
+
+def _sample(trained, seed: int, prompt: str = "What of TensorFlow Federated, you ask? ", length: int = 200) -> str:
+    """Text from the trained weights in a batch-1 stateful copy (the tutorial's generate_text)."""
+    import tensorflow as tf
+
+    from fedlm import model as model_lib, vocab
+
+    gru = trained.layers[1]
+    gen = model_lib.build_model(trained.layers[0].output_dim, gru.units, batch_size=1, stateful=True)
+    gen.set_weights(trained.get_weights())
+    tf.random.set_seed(seed)
+    ids = list(vocab.encode(prompt))
+    out = []
+    x = tf.constant([ids], tf.int32)
+    for _ in range(length):
+        logits = gen(x)[:, -1, : vocab.PAD_ID]  # never sample padding or OOV
+        nxt = int(tf.random.categorical(logits, 1)[0, 0])
+        out.append(nxt)
+        x = tf.constant([[nxt]], tf.int32)
+    return prompt + vocab.decode(out)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        return run(cfg)
+    except config_lib.ConfigError as e:
+        print(f"fedlm: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""MLflow: where runs go, how a sweep groups them, and a TFF release manager that logs round metrics."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import mlflow
+import tensorflow_federated as tff
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# TFF's metric names -> the names fedlm logs.
+METRIC_NAMES = {
+    "client_work/train/loss": "train_loss",
+    "client_work/train/accuracy": "train_accuracy",
+    "client_work/train/num_examples": "train_sequences",
+    "client_work/train/num_batches": "train_batches",
+    "training_time_in_seconds": "round_seconds",
+    "evaluation/loss": "eval_loss",
+    "evaluation/accuracy": "eval_accuracy",
+    "evaluation/evaluation_time_in_seconds": "eval_seconds",
+}
+
+
+def default_tracking_uri() -> str:
+    """A sqlite store in the project root, absolute, so runs from any directory land in one place."""
+    return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "/"))
+        else:
+            out[key] = v
+    return out
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def start_run(experiment_name: str, run_name: str, sweep_dir: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
+    """Start this job's run; in a Hydra multirun, as a child of one parent run per sweep directory."""
+    experiment = mlflow.set_experiment(experiment_name)
+    parent_id = None
+    if sweep_dir:
+        found = mlflow.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`fedlm.sweep_dir` = '{sweep_dir}'", output_format="list"
+        )
+        parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
+        if parents:
+            parent_id = parents[0].info.run_id
+        else:
+            client = mlflow.MlflowClient()
+            parent = client.create_run(
+                experiment.experiment_id,
+                run_name=f"sweep {Path(sweep_dir).name}",
+                tags={"fedlm.sweep_dir": sweep_dir, "fedlm.sweep": "parent"},
+            )
+            parent_id = parent.info.run_id
+    if parent_id:
+        tags = {**tags, "mlflow.parentRunId": parent_id, "fedlm.sweep_dir": sweep_dir}
+    return mlflow.start_run(run_name=run_name, tags=tags)
+
+
+class MlflowReleaseManager(tff.program.ReleaseManager):
+    """Logs each released round's metrics to the active MLflow run, with step = round."""
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        metrics = {name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat}
+        mlflow.log_metrics(metrics, step=int(key))
+
+
+class ProgressReleaseManager(tff.program.ReleaseManager):
+    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA."""
+
+    def __init__(self, total_rounds: int):
+        self._total = total_rounds
+        self._t0: float | None = None
+        self._k0 = 0
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        parts = [f"round {key:>{len(str(self._total))}}/{self._total}"]
+        for k, label in (("client_work/train/loss", "train_loss"), ("client_work/train/accuracy", "train_acc"),
+                         ("evaluation/loss", "eval_loss"), ("evaluation/accuracy", "eval_acc")):
+            if k in flat:
+                parts.append(f"{label} {float(flat[k]):.4f}")
+        if self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)
+            self._t0, self._k0 = time.monotonic(), key
+        elif key > self._k0:
+            per_round = (time.monotonic() - self._t0) / (key - self._k0)
+            parts.append(f"{per_round:.1f}s/round  ETA {per_round * (self._total - key):.0f}s")
+        print("  ".join(parts), flush=True)
+
+
+def log_config(cfg_flat: Mapping[str, Any], yaml_text: str) -> None:
+    """Params: the flattened resolved config (MLflow's 500-chars limit per value)."""
+    mlflow.log_params({k: str(v)[:500] for k, v in cfg_flat.items()})
+    mlflow.log_text(yaml_text, "config.yaml")
+
+
+def tracking_uri_or_default(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
