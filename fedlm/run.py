@@ -66,12 +66,7 @@ def run(cfg: DictConfig) -> float:
             )
 
         select = training.build_client_selection(train_data.client_ids, cfg.clients_per_round, cfg.seed, client_dataset)
-        eval_ids = sorted(test_data.client_ids)
-        eval_ids = [eval_ids[i] for i in sorted(
-            __import__("numpy").random.default_rng(cfg.seed).choice(len(eval_ids), min(cfg.eval_clients, len(eval_ids)), replace=False))]
-        eval_data = preprocessing.eval_dataset(
-            [test_data.create_tf_dataset_for_client(c) for c in eval_ids], cfg.seq_length, cfg.eval_batch_size
-        )
+        eval_data = training.build_eval_data(test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
         eval_model = keras_model()
         evaluate = training.build_keras_evaluation(process, eval_model)
 
@@ -80,7 +75,7 @@ def run(cfg: DictConfig) -> float:
         sweep_dir = hydra_cfg.sweep.dir if multirun else None
         with tracking.start_run(cfg.mlflow.experiment_name, run_name, sweep_dir, tags) as active:
             print(f"MLflow run {active.info.run_id} in {mlflow.get_tracking_uri()}", flush=True)
-            tracking.log_config(tracking.flatten(OmegaConf.to_container(cfg, resolve=True)), OmegaConf.to_yaml(cfg, resolve=True))
+            tracking.log_config(tracking.flatten(OmegaConf.to_container(cfg, resolve=True), sep="."), OmegaConf.to_yaml(cfg, resolve=True))
             mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
             mlflow.set_tag("fedlm.model_init", init_path)
             state = training.train(

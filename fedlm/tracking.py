@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import mlflow
+from mlflow.exceptions import MlflowException
 import tensorflow_federated as tff
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,12 +31,13 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {"a/b": leaf} (TFF's metric paths; sep="." for config params)."""
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
-            out.update(flatten(v, key + "/"))
+            out.update(flatten(v, sep, key + sep))
         else:
             out[key] = v
     return out
@@ -50,9 +52,26 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a sqlite store go beside the .db file (not ./mlruns of whatever directory we run in)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None  # a tracking server decides
+
+
+def get_or_create_experiment(name: str):
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            mlflow.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
+        except MlflowException:  # a parallel job created it first
+            pass
+    return mlflow.set_experiment(name)
+
+
 def start_run(experiment_name: str, run_name: str, sweep_dir: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
     """Start this job's run; in a Hydra multirun, as a child of one parent run per sweep directory."""
-    experiment = mlflow.set_experiment(experiment_name)
+    experiment = get_or_create_experiment(experiment_name)
     parent_id = None
     if sweep_dir:
         found = mlflow.search_runs(

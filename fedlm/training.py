@@ -4,10 +4,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedlm.model import compile_for_eval
+from fedlm.preprocessing import eval_dataset
 
 
 def build_client_selection(
@@ -19,6 +21,13 @@ def build_client_selection(
     """Round -> datasets of clients sampled uniformly without replacement, reproducibly from `seed`."""
     sample = tff.simulation.build_uniform_sampling_fn(list(client_ids), replace=False, random_seed=seed)
     return lambda round_num: [make_dataset(cid, round_num) for cid in sample(round_num, clients_per_round)]
+
+
+def build_eval_data(test_data, num_clients: int, seed: int, seq_length: int, batch_size: int) -> tf.data.Dataset:
+    """The test split of a fixed, seeded set of clients, as one large-batch dataset (the same every round)."""
+    ids = sorted(test_data.client_ids)
+    picked = np.random.default_rng(seed).choice(len(ids), min(num_clients, len(ids)), replace=False)
+    return eval_dataset([test_data.create_tf_dataset_for_client(ids[i]) for i in sorted(picked)], seq_length, batch_size)
 
 
 def build_keras_evaluation(
