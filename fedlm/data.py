@@ -156,10 +156,12 @@ def load_tff_shakespeare(cache_dir: str | None):
     """TFF's own loader (downloads unless cached); fails at once with a useful message when offline."""
     import tensorflow_federated as tff
 
+    from fedlm.config import ConfigError
+
     try:
         return tff.simulation.datasets.shakespeare.load_data(cache_dir=cache_dir)
     except Exception as e:  # download errors come as several types
-        raise RuntimeError(
+        raise ConfigError(
             f"data=tff_shakespeare: could not load TFF's Shakespeare (cache_dir={cache_dir!r}): {e}. "
             "It needs network access or a cached shakespeare.sqlite; use data=shakespeare for the offline dataset."
         ) from e
