@@ -78,10 +78,14 @@ def run(cfg: DictConfig) -> float:
             tracking.log_config(tracking.flatten(OmegaConf.to_container(cfg, resolve=True), sep="."), OmegaConf.to_yaml(cfg, resolve=True))
             mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
             mlflow.set_tag("fedlm.model_init", init_path)
-            state = training.train(
-                initial, select, cfg.rounds, evaluate, eval_data, cfg.eval_every,
-                [tracking.MlflowReleaseManager(), tracking.ProgressReleaseManager(cfg.rounds)],
-            )
+            try:
+                state = training.train(
+                    initial, select, cfg.rounds, evaluate, eval_data, cfg.eval_every,
+                    [tracking.MlflowReleaseManager(), tracking.ProgressReleaseManager(cfg.rounds)],
+                )
+            except runtime.Interrupted:
+                mlflow.end_run("KILLED")
+                raise
             # Hand the trained (not the initial) weights back to Keras, save and log them.
             process.get_model_weights(state).assign_weights_to(eval_model)
             final = eval_model.evaluate(eval_data, verbose=0, return_dict=True)

@@ -26,8 +26,26 @@ def kill_children(timeout: float = 5.0) -> None:
             p.kill()
 
 
-def _raise_on_sigterm(signum, frame):  # turn SIGTERM into an exception so `finally` blocks run
-    raise SystemExit(128 + signum)
+class Interrupted(SystemExit):
+    """Ctrl-C or SIGTERM arrived; raised at the next round boundary so the run ends cleanly."""
+
+
+_pending: list[int] = []
+
+
+def _on_signal(signum, frame):
+    # TFF's C++ runtime and asyncio loop swallow a KeyboardInterrupt raised mid-round: record the signal and
+    # stop at the next round boundary (`check_interrupted`). A second signal stops at once.
+    if _pending:
+        raise Interrupted(128 + signum)
+    _pending.append(signum)
+    print(f"fedlm: got signal {signum}, stopping after this round (again to stop now)", flush=True)
+
+
+def check_interrupted() -> None:
+    """Raise `Interrupted` if a stop was asked for."""
+    if _pending:
+        raise Interrupted(128 + _pending[0])
 
 
 @contextlib.contextmanager
@@ -39,9 +57,11 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
         max_concurrent_computation_calls=max_concurrent_computation_calls
     )
     atexit.register(kill_children)
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _pending.clear()
         kill_children()

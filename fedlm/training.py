@@ -10,6 +10,7 @@ import tensorflow_federated as tff
 
 from fedlm.model import compile_for_eval
 from fedlm.preprocessing import eval_dataset
+from fedlm.runtime import check_interrupted
 
 
 def build_client_selection(
@@ -20,7 +21,12 @@ def build_client_selection(
 ) -> Callable[[int], list[tf.data.Dataset]]:
     """Round -> datasets of clients sampled uniformly without replacement, reproducibly from `seed`."""
     sample = tff.simulation.build_uniform_sampling_fn(list(client_ids), replace=False, random_seed=seed)
-    return lambda round_num: [make_dataset(cid, round_num) for cid in sample(round_num, clients_per_round)]
+
+    def select(round_num: int) -> list[tf.data.Dataset]:
+        check_interrupted()  # a round boundary: the place to stop on Ctrl-C / SIGTERM
+        return [make_dataset(cid, round_num) for cid in sample(round_num, clients_per_round)]
+
+    return select
 
 
 def build_eval_data(test_data, num_clients: int, seed: int, seq_length: int, batch_size: int) -> tf.data.Dataset:

@@ -45,3 +45,19 @@ def test_clients_per_round_above_population():
     cfg = compose_config(["clients_per_round=5000"])
     with pytest.raises(config_lib.ConfigError, match="clients_per_round=5000"):
         config_lib.check_population(cfg, 898)
+
+
+@pytest.mark.parametrize("group", ["optimizer", "server_optimizer"])
+@pytest.mark.parametrize("name", ["sgd", "sgdm", "adam", "adamw", "adagrad", "yogi", "rmsprop", "adafactor"])
+def test_every_tff_optimizer_instantiates(group, name):
+    import tensorflow_federated as tff
+    from hydra.utils import instantiate
+
+    cfg = compose_config([f"{group}={name}"])
+    config_lib.validate(cfg)
+    assert isinstance(instantiate(cfg[group]), tff.learning.optimizers.Optimizer)
+
+
+def test_hyperparameter_of_another_optimizer_is_rejected():
+    with pytest.raises(ConfigCompositionException, match="momentum"):
+        compose_config(["optimizer=adam", "optimizer.momentum=0.9"])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +113,22 @@ def test_bad_value_fails_before_training(tmp_path):
     result = run_fedlm(["rounds=-1"], tmp_path)
     assert result.returncode == 2
     assert "rounds=-1" in result.stdout and "round 0" not in result.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_no_process(tmp_path, sig):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedlm.run", *TINY, "rounds=500", f"mlflow.experiment_name=interrupt{sig}",
+         f"hydra.run.dir={tmp_path}/run"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    for line in proc.stdout:
+        if re.match(r"round +1/", line):
+            break
+    os.kill(proc.pid, sig)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    left = [p for p in psutil.process_iter(["pid"]) if _sid(p) == proc.pid]
+    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+    (run,) = mlflow.search_runs(experiment_names=[f"interrupt{sig}"], output_format="list")
+    assert run.info.status in ("FAILED", "KILLED")
