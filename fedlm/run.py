@@ -19,7 +19,7 @@ def run(cfg: DictConfig) -> float:
     from hydra.utils import instantiate
 
     from fedlm import data as data_lib
-    from fedlm import federated, model as model_lib, preprocessing, pretrain, runtime, tracking, training
+    from fedlm import federated, generate, model as model_lib, preprocessing, pretrain, runtime, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -92,30 +92,9 @@ def run(cfg: DictConfig) -> float:
             out_dir = hydra_cfg.runtime.output_dir
             path = model_lib.save_model(eval_model, f"{out_dir}/final_model.h5")
             mlflow.log_artifact(path, "model")
-            mlflow.log_text(_sample(eval_model, cfg.seed), "samples/final.txt")
+            mlflow.log_text(generate.generate_text(eval_model, seed=cfg.seed), "samples/final.txt")
             print(f"final eval_loss {final['loss']:.4f}  eval_accuracy {final['accuracy']:.4f}; model at {path}")
     return float(final["loss"])
-
-
-def _sample(trained, seed: int, prompt: str = "What of TensorFlow Federated, you ask? ", length: int = 200) -> str:
-    """Text from the trained weights in a batch-1 stateful copy (the tutorial's generate_text)."""
-    import tensorflow as tf
-
-    from fedlm import model as model_lib, vocab
-
-    gru = trained.layers[1]
-    gen = model_lib.build_model(trained.layers[0].output_dim, gru.units, batch_size=1, stateful=True)
-    gen.set_weights(trained.get_weights())
-    tf.random.set_seed(seed)
-    ids = list(vocab.encode(prompt))
-    out = []
-    x = tf.constant([ids], tf.int32)
-    for _ in range(length):
-        logits = gen(x)[:, -1, : vocab.PAD_ID]  # never sample padding or OOV
-        nxt = int(tf.random.categorical(logits, 1)[0, 0])
-        out.append(nxt)
-        x = tf.constant([[nxt]], tf.int32)
-    return prompt + vocab.decode(out)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -50,3 +50,16 @@ def test_local_epochs_and_max_batches():
     two = len(list(preprocessing.client_dataset(_snippets(text), 10, 4, 10, 0, local_epochs=2)))
     capped = len(list(preprocessing.client_dataset(_snippets(text), 10, 4, 10, 0, local_epochs=2, max_batches=3)))
     assert (one, two, capped) == (5, 10, 3)
+
+
+def test_generate_text_from_weights_and_rejects_unknown_prompt_chars():
+    import pytest
+
+    from fedlm import generate
+
+    m = model.build_model(4, 8)
+    text = generate.generate_text(m, prompt="Hi ", length=30, seed=1)
+    assert text.startswith("Hi ") and len(text) == 33 and all(c in vocab.CHAR_TO_ID for c in text)
+    assert generate.generate_text(m, prompt="Hi ", length=30, seed=1) == text  # seeded
+    with pytest.raises(ValueError, match="é"):
+        generate.generate_text(m, prompt="café")
