@@ -7,9 +7,8 @@ from typing import Any, Callable
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedlm.config import CLIENT_WEIGHTINGS
 from fedlm.model import MaskedAccuracy, MaskedCrossEntropy
-
-CLIENT_WEIGHTINGS = ("num_examples", "uniform")
 
 
 def build_model_fn(keras_model_fn: Callable[[], tf.keras.Model], seq_length: int) -> Callable[[], Any]:

@@ -89,7 +89,7 @@ def test_step0_eval_equals_the_starting_model(tiny_run):
 def test_final_model_is_the_trained_one(tiny_run):
     import tensorflow as tf
 
-    from fedlm import model, pretrain
+    from fedlm import pretrain
 
     (run,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
     path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/final_model.h5")
