@@ -78,6 +78,10 @@ class FederatedText:
     proxy_text: str
     train_only_clients: list[str]  # too few speeches to hold one out: kept, training only
 
+    def client_sizes(self) -> dict[str, int]:
+        """Training characters per client (what `sampling=size_weighted` draws in proportion to)."""
+        return {c: sum(map(len, speeches)) for c, speeches in self.train.items()}
+
     def stats(self) -> dict[str, float]:
         sizes = np.array([sum(map(len, self.train[c])) + sum(map(len, self.test.get(c, []))) for c in self.train])
         q = np.quantile(sizes, [0.1, 0.5, 0.9]) if len(sizes) else np.zeros(3)
@@ -150,6 +154,14 @@ def to_client_data(speeches_by_client: dict[str, list[str]]):
         )
 
     return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(ids, dataset_fn)
+
+
+def client_sizes(client_data) -> dict[str, int]:
+    """Characters per client of any ClientData of snippets (reads every client once)."""
+    return {
+        cid: sum(len(x["snippets"].numpy().decode("utf-8")) for x in client_data.create_tf_dataset_for_client(cid))
+        for cid in client_data.client_ids
+    }
 
 
 def load_tff_shakespeare(cache_dir: str | None):

@@ -14,17 +14,14 @@ from fedlm.runtime import check_interrupted
 
 
 def build_client_selection(
-    client_ids: Sequence[str],
-    clients_per_round: int,
-    seed: int,
+    sampler: Callable[[int], list[str]],
     make_dataset: Callable[[str, int], tf.data.Dataset],
 ) -> Callable[[int], list[tf.data.Dataset]]:
-    """Round -> datasets of clients sampled uniformly without replacement, reproducibly from `seed`."""
-    sample = tff.simulation.build_uniform_sampling_fn(list(client_ids), replace=False, random_seed=seed)
+    """Round -> the training datasets of the clients the sampler picks for that round."""
 
     def select(round_num: int) -> list[tf.data.Dataset]:
         check_interrupted()  # a round boundary: the place to stop on Ctrl-C / SIGTERM
-        return [make_dataset(cid, round_num) for cid in sample(round_num, clients_per_round)]
+        return [make_dataset(cid, round_num) for cid in sampler(round_num)]
 
     return select
 
