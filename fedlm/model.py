@@ -25,6 +25,22 @@ def _target_mask(y_true: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.less(tf.cast(y_true, tf.int32), PAD_ID), tf.float32)
 
 
+def real_target_count(y_true: tf.Tensor) -> tf.Tensor:
+    """The number of targets that count for loss and accuracy (not padding, not OOV), as int64."""
+    return tf.math.count_nonzero(tf.less(tf.cast(y_true, tf.int32), PAD_ID), dtype=tf.int64)
+
+
+@tf.keras.utils.register_keras_serializable(package="fedlm")
+class NumTokens(tf.keras.metrics.Sum):
+    """The number of real target characters seen (padding and OOV excluded)."""
+
+    def __init__(self, name: str = "num_tokens", dtype=tf.float32):
+        super().__init__(name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(tf.reduce_sum(_target_mask(y_true)))
+
+
 @tf.keras.utils.register_keras_serializable(package="fedlm")
 class MaskedCrossEntropy(tf.keras.losses.Loss):
     """Mean cross-entropy over real target characters of a batch (padding and OOV excluded)."""
