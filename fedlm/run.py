@@ -1,6 +1,7 @@
 """`python -m fedlm.run [key=value ...]`: compose the config, then data and model -> process -> loop -> MLflow."""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
@@ -12,28 +13,33 @@ from fedlm import config as config_lib
 
 
 def run(cfg: DictConfig) -> float:
-    """One experiment; returns the final eval loss (for sweepers)."""
+    """One experiment; returns the final eval loss (what `hydra/sweeper=optuna` minimizes)."""
     config_lib.validate(cfg)  # before TensorFlow is imported: bad input costs nothing
+    from fedlm import data as data_lib
+
+    # Data: parsed without TensorFlow, so population checks also cost nothing.
+    text = data_lib.build_federated_text(data_lib.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
+    if cfg.data.name == config_lib.DataName.shakespeare:
+        config_lib.check_population(cfg, list(text.train), len(text.test))
+
     import mlflow
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from fedlm import data as data_lib
-    from fedlm import federated, generate, model as model_lib, preprocessing, pretrain, runtime, tracking, training
+    from fedlm import federated, generate, model as model_lib, preprocessing, pretrain, runtime, sampling, sweep, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
     mlflow.set_tracking_uri(tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri))
 
-    # Data.
-    plays = data_lib.load_plays()
-    text = data_lib.build_federated_text(plays, cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
-    if cfg.data.name == "tff_shakespeare":
+    if cfg.data.name == config_lib.DataName.tff_shakespeare:
         train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
+        config_lib.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
+        client_sizes = None
     else:
         train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
-    config_lib.check_population(cfg, len(train_data.client_ids))
+        client_sizes = text.client_sizes()
 
     # Model: the pretrained start.
     def keras_model() -> tf.keras.Model:
@@ -52,9 +58,9 @@ def run(cfg: DictConfig) -> float:
         except Exception as e:
             raise config_lib.ConfigError(f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / "
                                          f"{dict(cfg.server_optimizer)}: {e}") from e
-        process = federated.build_fed_avg(
+        process = federated.build_learning_process(
             federated.build_model_fn(keras_model, cfg.seq_length), client_optimizer, server_optimizer,
-            cfg.client_weighting,
+            cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
         )
         initial = federated.StartFrom(process, tff.learning.models.ModelWeights.from_model(start_model))
 
@@ -65,17 +71,21 @@ def run(cfg: DictConfig) -> float:
                 max_batches=cfg.max_batches_per_client,
             )
 
-        select = training.build_client_selection(train_data.client_ids, cfg.clients_per_round, cfg.seed, client_dataset)
+        if cfg.sampling.name == config_lib.SamplingName.size_weighted and client_sizes is None:
+            client_sizes = data_lib.client_sizes(train_data)
+        sampler = sampling.build_client_sampler(
+            cfg.sampling.name, train_data.client_ids, cfg.clients_per_round, cfg.seed, cfg.sampling.clients, client_sizes
+        )
+        select = training.build_client_selection(sampler, client_dataset)
         eval_data = training.build_eval_data(test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
         eval_model = keras_model()
         evaluate = training.build_keras_evaluation(process, eval_model)
 
-        run_name = ",".join(overrides) if overrides else "default"
-        tags = {"fedlm.overrides": " ".join(overrides), "fedlm.git_commit": tracking.git_commit()}
-        sweep_dir = hydra_cfg.sweep.dir if multirun else None
-        with tracking.start_run(cfg.mlflow.experiment_name, run_name, sweep_dir, tags) as active:
+        sweep_dir = sweep.sweep_dir(hydra_cfg) if multirun else None
+        with tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir) as active:
             print(f"MLflow run {active.info.run_id} in {mlflow.get_tracking_uri()}", flush=True)
-            tracking.log_config(tracking.flatten(OmegaConf.to_container(cfg, resolve=True), sep="."), OmegaConf.to_yaml(cfg, resolve=True))
+            tracking.log_config(tracking.flatten(config_lib.to_container(cfg), sep="."), OmegaConf.to_yaml(cfg, resolve=True))
+            mlflow.log_dict({r: sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
             mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
             mlflow.set_tag("fedlm.model_init", init_path)
             try:

@@ -69,28 +69,27 @@ def get_or_create_experiment(name: str):
     return mlflow.set_experiment(name)
 
 
-def start_run(experiment_name: str, run_name: str, sweep_dir: str | None, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Start this job's run; in a Hydra multirun, as a child of one parent run per sweep directory."""
+def run_tags(overrides: list[str]) -> dict[str, str]:
+    """One tag per command-line override (`override.optimizer` = `adam`), so the UI can filter and group by them."""
+    tags = {"fedlm.overrides": " ".join(overrides), "fedlm.git_commit": git_commit()}
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        tags[f"override.{key}"] = value
+    return tags
+
+
+def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None = None) -> mlflow.ActiveRun:
+    """Start this job's run, named and tagged by its overrides; in a Hydra multirun, as a child of the sweep's
+    parent run (fedlm/sweep.py), named by the overrides that vary across the sweep."""
+    from fedlm import sweep
+
     experiment = get_or_create_experiment(experiment_name)
-    parent_id = None
-    if sweep_dir:
-        found = mlflow.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`fedlm.sweep_dir` = '{sweep_dir}'", output_format="list"
-        )
-        parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
-        if parents:
-            parent_id = parents[0].info.run_id
-        else:
-            client = mlflow.MlflowClient()
-            parent = client.create_run(
-                experiment.experiment_id,
-                run_name=f"sweep {Path(sweep_dir).name}",
-                tags={"fedlm.sweep_dir": sweep_dir, "fedlm.sweep": "parent"},
-            )
-            parent_id = parent.info.run_id
-    if parent_id:
-        tags = {**tags, "mlflow.parentRunId": parent_id, "fedlm.sweep_dir": sweep_dir}
-    return mlflow.start_run(run_name=run_name, tags=tags)
+    tags, parent = run_tags(overrides), None
+    if sweep_dir is not None:
+        tags[sweep.SWEEP_DIR_TAG] = sweep_dir
+        if parent := sweep.find_parent_run(experiment.experiment_id, sweep_dir):
+            tags["mlflow.parentRunId"] = parent.info.run_id
+    return mlflow.start_run(run_name=sweep.child_run_name(overrides, parent), tags=tags)
 
 
 class MlflowReleaseManager(tff.program.ReleaseManager):

@@ -1,0 +1,113 @@
+"""A Hydra multirun is one MLflow parent run; its jobs, from any launcher or sweeper, are the children.
+
+The parent is created once, in the process that launches the jobs (`on_multirun_start`), before any job
+starts: parallel jobs (`hydra/launcher=joblib`) then only look it up, so they never race to create it, and
+the sqlite store exists before they write to it. Jobs find their parent by the sweep directory tag.
+Imported by Hydra for every run, single runs too: keep it free of TensorFlow.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+SWEEP_DIR_TAG = "fedlm.sweep_dir"
+ROLE_TAG = "fedlm.sweep"  # "parent" on the parent run
+SWEPT_KEYS_TAG = "fedlm.swept_keys"  # on the parent: space-separated keys that vary across the jobs
+
+
+def sweep_dir(hydra_cfg: DictConfig) -> str:
+    """The multirun's directory (`hydra.sweep.dir`), absolute: the key that ties the jobs to their parent run."""
+    return os.path.abspath(hydra_cfg.sweep.dir)
+
+
+def sweep_definition(config: DictConfig) -> dict[str, Any]:
+    """What was swept: command-line overrides, the sweeper's `params` (e.g. from an experiment file), tools."""
+    hydra_cfg = config.hydra
+    return {
+        "overrides": list(hydra_cfg.overrides.task),
+        "sweeper": OmegaConf.to_container(hydra_cfg.sweeper, resolve=False),
+        "launcher": OmegaConf.to_container(hydra_cfg.launcher, resolve=False),
+    }
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """The keys a multirun varies: sweep overrides (`optimizer=sgd,adam`) and the sweeper's `params`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
+    params = config.hydra.sweeper.get("params") or {}
+    return keys + [k for k in params if k not in keys]
+
+
+def sweep_name(config: DictConfig) -> str:
+    """`optimizer=sgd,adam client_weighting=num_examples,uniform`, or `experiment=optimizers`."""
+    return " ".join(config.hydra.overrides.task) or "sweep"
+
+
+def find_parent_run(experiment_id: str, directory: str):
+    """The parent run (an `mlflow.entities.Run`) of the multirun in `directory`, if the callback created one."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`{SWEEP_DIR_TAG}` = '{directory}' and tags.`{ROLE_TAG}` = 'parent'",
+        output_format="list",
+    )
+    return found[0] if found else None
+
+
+def child_run_name(overrides: list[str], parent) -> str:
+    """A job's run name: the overrides that vary across its sweep (all of them if that is unknown)."""
+    swept = set(parent.data.tags.get(SWEPT_KEYS_TAG, "").split()) if parent else set()
+    varying = [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
+    return " ".join(varying or overrides) or "default"
+
+
+class MlflowSweepCallback(Callback):
+    """Creates the sweep's parent run before the jobs start and closes it when they are done."""
+
+    def __init__(self) -> None:
+        self._parent_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import mlflow
+
+        from fedlm import tracking
+
+        mlflow.set_tracking_uri(tracking.tracking_uri_or_default(config.mlflow.tracking_uri))
+        experiment = tracking.get_or_create_experiment(config.mlflow.experiment_name)
+        definition = sweep_definition(config)
+        client = mlflow.MlflowClient()
+        parent = client.create_run(
+            experiment.experiment_id,
+            run_name=sweep_name(config),
+            tags={
+                SWEEP_DIR_TAG: sweep_dir(config.hydra),
+                ROLE_TAG: "parent",
+                "fedlm.sweep_overrides": " ".join(definition["overrides"]),
+                SWEPT_KEYS_TAG: " ".join(swept_keys(config)),
+                "fedlm.sweeper": definition["sweeper"].get("_target_", ""),
+                "fedlm.launcher": definition["launcher"].get("_target_", ""),
+                "fedlm.git_commit": tracking.git_commit(),
+            },
+        )
+        self._parent_id = parent.info.run_id
+        client.log_dict(self._parent_id, definition, "sweep.yaml")
+        print(f"MLflow sweep parent run {self._parent_id} ({sweep_name(config)})", flush=True)
+        # If a job fails, Hydra raises before on_multirun_end: the parent must not stay RUNNING.
+        atexit.register(self._terminate, "FAILED")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._terminate("FINISHED")
+
+    def _terminate(self, status: str) -> None:
+        if self._parent_id is None:
+            return
+        import mlflow
+
+        mlflow.MlflowClient().set_terminated(self._parent_id, status)
+        self._parent_id = None
