@@ -48,6 +48,9 @@ def run(cfg: DictConfig) -> float:
     init_path = pretrain.pretrained_model_path(cfg)
     start_model = keras_model()
     start_model.set_weights(model_lib.load_initial_weights(init_path, start_model))
+    # Seed TF from here on whether or not pretraining just ran in this process (it seeds and draws too):
+    # client shuffles then depend on `seed` alone, so reruns reproduce a run's metrics.
+    tf.keras.utils.set_random_seed(cfg.seed)
 
     with runtime.tff_context():
         import tensorflow_federated as tff

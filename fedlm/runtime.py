@@ -21,9 +21,10 @@ def kill_children(timeout: float = 5.0) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
     _, alive = psutil.wait_procs(children, timeout=timeout)
-    for p in alive:
+    for p in alive:  # e.g. multiprocessing's resource tracker ignores SIGTERM
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
+    psutil.wait_procs(alive, timeout=timeout)  # reap them: no zombies left for init
 
 
 class Interrupted(SystemExit):

@@ -34,19 +34,27 @@ def sweep_definition(config: DictConfig) -> dict[str, Any]:
     }
 
 
-def swept_keys(config: DictConfig) -> list[str]:
-    """The keys a multirun varies: sweep overrides (`optimizer=sgd,adam`) and the sweeper's `params`."""
+def swept_overrides(config: DictConfig) -> list[str]:
+    """What a multirun varies, as `key=values`: command-line sweeps (`optimizer=sgd,adam`) and the sweeper's
+    `params` (from an experiment file), after the `experiment=` that brought them."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-    keys = [o.key_or_group for o in parsed if o.is_sweep_override()]
-    params = config.hydra.sweeper.get("params") or {}
-    return keys + [k for k in params if k not in keys]
+    task = list(config.hydra.overrides.task)
+    swept = [o for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()]
+    on_command_line = {o.key_or_group for o in swept}  # these win over the sweeper's params, as in Hydra
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items() if k not in on_command_line]
+    experiment = [o for o in task if o.startswith("experiment=")]
+    return experiment + [o.input_line for o in swept] + params
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    return [o.partition("=")[0] for o in swept_overrides(config) if not o.startswith("experiment=")]
 
 
 def sweep_name(config: DictConfig) -> str:
-    """`optimizer=sgd,adam client_weighting=num_examples,uniform`, or `experiment=optimizers`."""
-    return " ".join(config.hydra.overrides.task) or "sweep"
+    """The parent run's name: `optimizer=sgd,adam client_weighting=num_examples,uniform`,
+    `experiment=optimizers server_optimizer=sgd,sgdm,adagrad,adam,yogi`."""
+    return " ".join(swept_overrides(config)) or "sweep"
 
 
 def find_parent_run(experiment_id: str, directory: str):
@@ -76,7 +84,7 @@ class MlflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
 
-        from fedlm import tracking
+        from fedlm import runtime, tracking
 
         mlflow.set_tracking_uri(tracking.tracking_uri_or_default(config.mlflow.tracking_uri))
         experiment = tracking.get_or_create_experiment(config.mlflow.experiment_name)
@@ -98,11 +106,17 @@ class MlflowSweepCallback(Callback):
         self._parent_id = parent.info.run_id
         client.log_dict(self._parent_id, definition, "sweep.yaml")
         print(f"MLflow sweep parent run {self._parent_id} ({sweep_name(config)})", flush=True)
-        # If a job fails, Hydra raises before on_multirun_end: the parent must not stay RUNNING.
+        # If a job fails, Hydra raises before on_multirun_end: the parent must not stay RUNNING, and a parallel
+        # launcher's worker processes must not outlive us.
         atexit.register(self._terminate, "FAILED")
+        atexit.register(runtime.kill_children)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from fedlm import runtime
+
         self._terminate("FINISHED")
+        # joblib's (loky's) workers idle on after the sweep and exit only some time after we do: end them now.
+        runtime.kill_children(timeout=2.0)
 
     def _terminate(self, status: str) -> None:
         if self._parent_id is None:

@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = str(ROOT / "conf")
 
 TINY = [
     "model=tiny", "rounds=2", "clients_per_round=2", "eval_every=1", "eval_clients=3",
@@ -27,3 +32,35 @@ def isolated_env(tmp_path_factory):
 def compose_config(overrides: list[str] | None = None):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         return compose(config_name="config", overrides=overrides or [])
+
+
+def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m fedlm.run` in its own session, then assert nothing of that session is left running."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedlm.run", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open
+    left = session_processes(proc.pid, grace=10.0)
+    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def session_processes(session_id: int, grace: float = 0.0) -> list[psutil.Process]:
+    """Live processes of the session a test started (its own, not the machine's), after up to `grace` seconds.
+
+    Zombies are not counted: they have exited and wait only for init to reap them. The grace covers helper
+    processes (joblib's resource tracker) that exit on their own a moment after their parent.
+    """
+    def alive_in_session(p: psutil.Process) -> bool:
+        try:
+            return os.getsid(p.pid) == session_id and p.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            return False
+
+    deadline = time.monotonic() + grace
+    while True:
+        left = [p for p in psutil.process_iter() if alive_in_session(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.2)

@@ -6,35 +6,12 @@ import re
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import mlflow
 import numpy as np
-import psutil
 import pytest
 
-from tests.conftest import TINY, compose_config
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_fedlm(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run fedlm in its own session, then assert nothing of that session is left running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedlm.run", *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
-    out, _ = proc.communicate(timeout=600)  # would hang here if an orphaned worker kept stdout open
-    left = [p for p in psutil.process_iter(["pid"]) if _sid(p) == proc.pid]
-    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out)
-
-
-def _sid(p: psutil.Process) -> int | None:
-    try:
-        return os.getsid(p.pid)
-    except (ProcessLookupError, PermissionError):
-        return None
+from tests.conftest import ROOT, TINY, compose_config, run_fedlm, session_processes
 
 
 def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:
@@ -98,17 +75,6 @@ def test_final_model_is_the_trained_one(tiny_run):
     assert any(not np.allclose(a, b) for a, b in zip(final, start))
 
 
-def test_multirun_gives_parent_and_children(tmp_path):
-    result = run_fedlm(["-m", *TINY, "rounds=1", "optimizer=sgd,adam", "mlflow.experiment_name=sweep"], tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:]
-    runs = mlflow.search_runs(experiment_names=["sweep"], output_format="list")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
-    assert {c.data.params["optimizer._target_"].rsplit(".", 1)[1] for c in children} == {"build_sgdm", "build_adam"}
-
-
 def test_bad_value_fails_before_training(tmp_path):
     result = run_fedlm(["rounds=-1"], tmp_path)
     assert result.returncode == 2
@@ -128,7 +94,27 @@ def test_interrupted_run_leaves_no_process(tmp_path, sig):
     os.kill(proc.pid, sig)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
-    left = [p for p in psutil.process_iter(["pid"]) if _sid(p) == proc.pid]
+    left = session_processes(proc.pid)
     assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
     (run,) = mlflow.search_runs(experiment_names=[f"interrupt{sig}"], output_format="list")
     assert run.info.status in ("FAILED", "KILLED")
+
+
+def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run, tmp_path):
+    """The same config and seed in another process draws the same clients and logs the same metrics."""
+    result = run_fedlm(["-m", *TINY, "seed=0,1", "mlflow.experiment_name=repro"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    client = mlflow.MlflowClient()
+    (first,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    children = {r.data.params["seed"]: r for r in mlflow.search_runs(experiment_names=["repro"], output_format="list")
+                if "mlflow.parentRunId" in r.data.tags}
+
+    def sampled(run) -> dict:
+        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/sampled_clients.json")
+
+    assert sampled(children["0"]) == sampled(first) and len(sampled(first)) == 2
+    assert sampled(children["1"]) != sampled(first)
+    for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
+        want, got = _metric_steps(client, first.info.run_id, key), _metric_steps(client, children["0"].info.run_id, key)
+        assert sorted(got) == sorted(want) and want
+        np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)

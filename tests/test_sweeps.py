@@ -1,0 +1,68 @@
+"""Multiruns in MLflow: one parent per sweep, one child per job, with the basic and joblib launchers and Optuna."""
+from __future__ import annotations
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import TINY, run_fedlm
+
+SWEEP = ["optimizer=sgd,adam", "client_weighting=num_examples,uniform"]
+
+
+def sweep_runs(experiment: str):
+    runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    return parents[0], children
+
+
+def assert_full_history(children, rounds: int) -> None:
+    client = mlflow.MlflowClient()
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = {k: sorted(m.step for m in client.get_metric_history(child.info.run_id, k))
+                 for k in ("eval_loss", "train_loss")}
+        assert steps == {"eval_loss": list(range(rounds + 1)), "train_loss": list(range(1, rounds + 1))}, steps
+
+
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, launcher):
+    experiment = f"sweep_{launcher}"
+    parallel = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"] if launcher == "joblib" else []
+    result = run_fedlm(["-m", *TINY, "rounds=1", *SWEEP, *parallel, f"mlflow.experiment_name={experiment}"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "database is locked" not in result.stdout
+
+    parent, children = sweep_runs(experiment)
+    assert parent.info.run_name == " ".join(SWEEP) and parent.info.status == "FINISHED"
+    assert parent.data.tags["fedlm.swept_keys"] == "optimizer client_weighting"
+    definition = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep.yaml"))
+    assert set(SWEEP) <= set(definition["overrides"]) and definition["launcher"]["_target_"].endswith(
+        "JoblibLauncher" if launcher == "joblib" else "BasicLauncher")
+
+    assert sorted(c.info.run_name for c in children) == sorted(
+        f"optimizer={o} client_weighting={w}" for o in ("sgd", "adam") for w in ("num_examples", "uniform"))
+    for child in children:
+        tags = child.data.tags
+        assert child.info.run_name == f"optimizer={tags['override.optimizer']} client_weighting={tags['override.client_weighting']}"
+        assert child.data.params["client_weighting"] == tags["override.client_weighting"]
+        assert tags["override.model"] == "tiny"
+    assert_full_history(children, rounds=1)
+
+
+def test_optuna_experiment_runs_three_trials_minimizing_final_eval_loss(tmp_path):
+    result = run_fedlm(["-m", "experiment=optuna", *TINY, "rounds=1", "eval_every=1",
+                        "mlflow.experiment_name=optuna"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    parent, children = sweep_runs("optuna")
+    assert len(children) == 3 and parent.info.run_name.startswith("experiment=optuna optimizer.learning_rate=")
+    assert_full_history(children, rounds=1)
+    final_losses = [mlflow.MlflowClient().get_metric_history(c.info.run_id, "eval_loss")[-1].value
+                    for c in children if c.data.metrics]
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(min(final_losses), rel=1e-6)
+    learning_rates = {float(c.data.params["optimizer.learning_rate"]) for c in children}
+    assert len(learning_rates) == 3 and all(0.05 <= lr <= 2.0 for lr in learning_rates)
