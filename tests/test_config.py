@@ -175,3 +175,29 @@ def test_help_lists_every_group_and_the_config():
         assert f"{group}: " in out.stdout, group
     assert "sampling: fixed, size_weighted, uniform, with_replacement" in out.stdout
     assert "client_weighting: num_examples" in out.stdout and "max_batches_per_client:" in out.stdout
+
+
+@pytest.fixture(scope="module")
+def federated_text():
+    from fedlm import data
+
+    return data.build_federated_text(data.load_plays(), ["histories"], 0.2, seed=0)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_and_each_of_its_sweep_values_is_valid_for_the_dataset(experiment, federated_text):
+    """Typos in an experiment file (a key, a value, a client id) fail here, not an hour into a sweep."""
+    from hydra import compose, initialize_config_dir
+
+    text = federated_text
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+        params = dict(cfg.hydra.sweeper.get("params") or {})
+        if cfg.hydra.sweeper._target_.endswith("BasicSweeper"):  # Optuna's params are distributions, not lists
+            runs = [[f"{k}={v}"] for k, values in params.items() for v in str(values).split(",")]
+        else:
+            runs = [[]]
+        for extra in runs:
+            job = compose(config_name="config", overrides=[f"experiment={experiment}", *extra])
+            config_lib.validate(job)
+            config_lib.check_population(job, list(text.train), len(text.test))
