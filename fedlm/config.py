@@ -142,11 +142,8 @@ class AdagradConfig:
 
 
 @dataclass
-class YogiConfig:
+class YogiConfig(AdamConfig):
     _target_: str = _OPT + "build_yogi"
-    learning_rate: float = _learning_rate()
-    beta_1: float = _beta(0.9)
-    beta_2: float = _beta(0.999)
     epsilon: float = _epsilon(1e-3)
     initial_preconditioner_value: float = constrained(1e-6, ge=0.0)
 
