@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from fedlm import metrics, plots, tracking
+from fedlm import generate as generate_lib, metrics, plots, tracking
 from tests.conftest import TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
 
 
@@ -72,6 +72,21 @@ def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
     path = mlflow.artifacts.download_artifacts(f"runs:/{tiny_run_id}/model/{artifacts.KERAS_FILE}")
     for a, b in zip(tf.keras.models.load_model(path, compile=False).get_weights(), loaded.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_final_model_can_be_registered(tmp_path):
+    from fedlm import artifacts, model
+
+    tracking.get_or_create_experiment("registry")
+    m = model.build_model(4, 8)
+    with mlflow.start_run() as run:
+        artifacts.log_final_model(m, str(tmp_path), registered_model_name="fedlm-test-model")
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'fedlm-test-model'")
+    assert version.run_id == run.info.run_id
+    loaded = mlflow.tensorflow.load_model(f"models:/fedlm-test-model/{version.version}")
+    for a, b in zip(loaded.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert mlflow.get_run(run.info.run_id).data.tags[generate_lib.KERAS_MODEL_TAG] == "model/final_model.h5"
 
 
 def test_run_figure_is_logged_and_shows_the_logged_curves(tiny_run_id):
