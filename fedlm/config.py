@@ -68,6 +68,11 @@ class AlgorithmName(enum.Enum):
     fedprox = "fedprox"
 
 
+class EvalMode(enum.Enum):
+    keras = "keras"  # server-side: the server weights in a Keras model, model.evaluate (the tutorial's)
+    federated = "federated"  # tff.learning.algorithms.build_fed_eval on the eval clients
+
+
 # ---- groups --------------------------------------------------------------------------------------------
 
 @dataclass
@@ -194,9 +199,15 @@ class AlgorithmConfig:
 
 
 @dataclass
+class EvalConfig:
+    mode: EvalMode = EvalMode.keras
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: Optional[str] = None
     experiment_name: str = "fedlm"
+    registered_model_name: Optional[str] = None  # also register the final model under this name
 
 
 # ---- the whole config ----------------------------------------------------------------------------------
@@ -211,6 +222,7 @@ class FedlmConfig:
     sampling: SamplingConfig = MISSING
     aggregator: AggregatorConfig = MISSING
     algorithm: AlgorithmConfig = MISSING
+    eval: EvalConfig = MISSING
     experiment: Any = None
 
     rounds: int = count(10)
@@ -225,14 +237,40 @@ class FedlmConfig:
     eval_every: int = count(5)
     eval_clients: int = count(50)
     eval_batch_size: int = count(64)
+    sample_every: int = count(5)  # text samples at round 0, every this many rounds and the last
+    sample_prompts: list[str] = field(default_factory=list)  # checked by validate: vocabulary characters only
+    sample_temperatures: list[float] = field(default_factory=lambda: [1.0])
+    sample_length: int = count(200)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    cache_dir: str = MISSING
+
+
+@dataclass
+class GenerateConfig:
+    """`python -m fedlm.generate` (conf/generate.yaml): where the model comes from and how to sample."""
+
+    data: DataConfig = MISSING  # data, model, pretrain: which pretrained model `pretrained=true` means
+    model: ModelConfig = MISSING
+    pretrain: PretrainConfig = MISSING
+    run_id: Optional[str] = None  # null (and no model_file / pretrained): the latest finished run
+    model_file: Optional[str] = None
+    pretrained: bool = False
+    prompt: str = "What of TensorFlow Federated, you ask? "
+    length: int = count(200)
+    temperature: float = constrained(1.0, ge=0.0)  # 0: greedy
+    seed: int = constrained(0, ge=0)
+    num_samples: int = count(1)
+    pretrained_seed: int = constrained(0, ge=0)  # the run seed the pretrained model was made with
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 
 
 def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `schema/optimizer/*` for optimizers."""
+    """Put the schemas in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `generate_schema` for
+    generate.yaml, `schema/optimizer/*` for optimizers."""
     store = ConfigStore.instance()
     store.store(name="fedlm_schema", node=FedlmConfig)
+    store.store(name="generate_schema", node=GenerateConfig)
     for name, schema in OPTIMIZER_SCHEMAS.items():
         store.store(group="schema/optimizer", name=name, node=schema)
 
@@ -245,7 +283,7 @@ register_configs()  # on import: the entry points import this module before Hydr
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
-def _check_bounds(node: DictConfig, prefix: str = "") -> None:
+def check_bounds(node: DictConfig, prefix: str = "") -> None:
     """Walk a config next to its dataclass schema; raise on the first value outside its declared bounds."""
     schema = OmegaConf.get_type(node)
     fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
@@ -254,7 +292,7 @@ def _check_bounds(node: DictConfig, prefix: str = "") -> None:
             continue
         value, path = node[key], f"{prefix}{key}"
         if isinstance(value, DictConfig):
-            _check_bounds(value, path + ".")
+            check_bounds(value, path + ".")
             continue
         bounds = fields[key].metadata.get("bounds") if key in fields else None
         if not bounds or value is None:
@@ -267,11 +305,15 @@ def _check_bounds(node: DictConfig, prefix: str = "") -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key: ranges, files, and combinations of keys."""
-    _check_bounds(cfg)
+    check_bounds(cfg)
     if cfg.model.init is not None and not os.path.isfile(cfg.model.init):
         raise ConfigError(f"model.init={cfg.model.init!r}: no such file (a Keras model file, or null for the pretrained default)")
     if cfg.pretrain.corpus is not None and not os.path.isfile(cfg.pretrain.corpus):
         raise ConfigError(f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)")
+    _check_samples(cfg)
+    name = cfg.mlflow.registered_model_name
+    if name is not None and not name.strip():
+        raise ConfigError(f"mlflow.registered_model_name={name!r}: must be a non-empty name, or null")
 
     weighting, sampling = cfg.client_weighting, cfg.sampling
     if cfg.aggregator.name == AggregatorName.dp and weighting != ClientWeighting.uniform:
@@ -300,6 +342,19 @@ def validate(cfg: DictConfig) -> None:
     elif sampling.clients is not None:
         raise ConfigError(f"sampling.clients={list(sampling.clients)}: only used by sampling=fixed "
                           f"(sampling={sampling.name.value})")
+
+
+def _check_samples(cfg: DictConfig) -> None:
+    """The prompts and temperatures of the text samples logged during a run."""
+    from fedlm.generate import check_prompt, check_temperature  # light: no TensorFlow at import
+
+    if not cfg.sample_temperatures:
+        raise ConfigError("sample_temperatures=[]: must list at least one temperature >= 0 (sample_prompts=[] "
+                          "turns samples off)")
+    for i, prompt in enumerate(cfg.sample_prompts):
+        check_prompt(prompt, f"sample_prompts[{i}]")
+    for i, t in enumerate(cfg.sample_temperatures):
+        check_temperature(t, f"sample_temperatures[{i}]")
 
 
 def check_population(cfg: DictConfig, train_clients: list[str] | set[str], test_clients: int | None = None) -> None:

@@ -11,6 +11,7 @@ import tensorflow_federated as tff
 from omegaconf import DictConfig
 
 from fedlm.config import AggregatorName, AlgorithmName, ClientWeighting
+from fedlm.metrics import NumClients, text_metrics
 from fedlm.model import MaskedAccuracy, MaskedCrossEntropy, NumTokens, real_target_count
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -22,7 +23,8 @@ def build_model_fn(keras_model_fn: Callable[[], tf.keras.Model], seq_length: int
 
     def model_fn() -> tff.learning.models.VariableModel:
         return tff.learning.models.from_keras_model(
-            keras_model_fn(), loss=MaskedCrossEntropy(), input_spec=spec, metrics=[MaskedAccuracy(), NumTokens()]
+            keras_model_fn(), loss=MaskedCrossEntropy(), input_spec=spec,
+            metrics=[MaskedAccuracy(), NumTokens(), *text_metrics(), NumClients()],
         )
 
     return model_fn

@@ -5,6 +5,7 @@ import os
 
 import tensorflow as tf
 
+from fedlm.metrics import text_metrics
 from fedlm.vocab import PAD_ID, VOCAB_SIZE
 
 
@@ -69,26 +70,8 @@ class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
 
 
 def compile_for_eval(model: tf.keras.Model) -> tf.keras.Model:
-    model.compile(loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
+    model.compile(loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy(), NumTokens(), *text_metrics()])
     return model
-
-
-def load_initial_weights(path: str, template: tf.keras.Model) -> list:
-    """Weights of the Keras model at `path`, checked against the configured architecture."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"model.init: no such file {path!r}")
-    try:
-        loaded = tf.keras.models.load_model(path, compile=False)
-    except Exception as e:
-        raise ValueError(f"model.init: {path!r} is not a loadable Keras model: {e}") from e
-    got = [tuple(w.shape) for w in loaded.get_weights()]
-    want = [tuple(w.shape) for w in template.get_weights()]
-    if got != want:
-        raise ValueError(
-            f"model.init: {path!r} has weight shapes {got}, but the configured model "
-            f"(vocab {VOCAB_SIZE}) needs {want}; pick the matching model= config"
-        )
-    return loaded.get_weights()
 
 
 def save_model(model: tf.keras.Model, path: str) -> str:

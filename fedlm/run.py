@@ -26,7 +26,8 @@ def run(cfg: DictConfig) -> float:
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from fedlm import federated, generate, model as model_lib, preprocessing, pretrain, runtime, sampling, sweep, tracking, training
+    from fedlm import artifacts, federated, model as model_lib, model_init, plots, preprocessing, pretrain, runtime
+    from fedlm import sampling, sweep, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -47,7 +48,10 @@ def run(cfg: DictConfig) -> float:
 
     init_path = pretrain.pretrained_model_path(cfg)
     start_model = keras_model()
-    start_model.set_weights(model_lib.load_initial_weights(init_path, start_model))
+    init = model_init.load_initial_weights(init_path, start_model)  # a file that does not fit: ConfigError
+    start_model.set_weights(init.weights)
+    for note in init.notes:
+        print(f"fedlm: {note}", flush=True)
     # Seed TF from here on whether or not pretraining just ran in this process (it seeds and draws too):
     # client shuffles then depend on `seed` alone, so reruns reproduce a run's metrics.
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -61,11 +65,14 @@ def run(cfg: DictConfig) -> float:
         except Exception as e:
             raise config_lib.ConfigError(f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / "
                                          f"{dict(cfg.server_optimizer)}: {e}") from e
+        model_fn = federated.build_model_fn(keras_model, cfg.seq_length)
         process = federated.build_learning_process(
-            federated.build_model_fn(keras_model, cfg.seq_length), client_optimizer, server_optimizer,
+            model_fn, client_optimizer, server_optimizer,
             cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
         )
-        initial = federated.StartFrom(process, tff.learning.models.ModelWeights.from_model(start_model))
+        initial = training.LatestState(
+            federated.StartFrom(process, tff.learning.models.ModelWeights.from_model(start_model))
+        )
 
         def client_dataset(cid: str, round_num: int) -> tf.data.Dataset:
             return preprocessing.client_dataset(
@@ -81,8 +88,17 @@ def run(cfg: DictConfig) -> float:
         )
         select = training.build_client_selection(sampler, client_dataset)
         eval_data = training.build_eval_data(test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
-        eval_model = keras_model()
-        evaluate = training.build_keras_evaluation(process, eval_model)
+        if cfg.eval.mode == config_lib.EvalMode.federated:
+            evaluate = training.build_federated_evaluation(process, model_fn)
+            eval_input = training.build_eval_client_data(
+                test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
+        else:
+            evaluate, eval_input = training.build_keras_evaluation(process, keras_model()), eval_data
+        metrics_manager = tracking.MlflowReleaseManager()
+        samples_manager = tracking.SampleReleaseManager(
+            lambda: process.get_model_weights(initial.state), cfg.sample_prompts, cfg.sample_temperatures,
+            cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
+        )
 
         sweep_dir = sweep.sweep_dir(hydra_cfg) if multirun else None
         with tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir) as active:
@@ -91,23 +107,26 @@ def run(cfg: DictConfig) -> float:
             mlflow.log_dict({r: sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
             mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
             mlflow.set_tag("fedlm.model_init", init_path)
+            if init.notes:
+                mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
+            tracking.log_random_guess()
             try:
                 state = training.train(
-                    initial, select, cfg.rounds, evaluate, eval_data, cfg.eval_every,
-                    [tracking.MlflowReleaseManager(), tracking.ProgressReleaseManager(cfg.rounds)],
+                    initial, select, cfg.rounds, evaluate, eval_input, cfg.eval_every,
+                    [metrics_manager, tracking.ProgressReleaseManager(cfg.rounds), samples_manager],
                 )
             except runtime.Interrupted:
                 mlflow.end_run("KILLED")
                 raise
-            # Hand the trained (not the initial) weights back to Keras, save and log them.
-            process.get_model_weights(state).assign_weights_to(eval_model)
-            final = eval_model.evaluate(eval_data, verbose=0, return_dict=True)
-            out_dir = hydra_cfg.runtime.output_dir
-            path = model_lib.save_model(eval_model, f"{out_dir}/final_model.h5")
-            mlflow.log_artifact(path, "model")
-            mlflow.log_text(generate.generate_text(eval_model, seed=cfg.seed), "samples/final.txt")
-            print(f"final eval_loss {final['loss']:.4f}  eval_accuracy {final['accuracy']:.4f}; model at {path}")
-    return float(final["loss"])
+            # Hand the trained (not the initial) weights back to Keras; save, log and plot.
+            final_model = artifacts.portable_copy(process.get_model_weights(state))
+            path = artifacts.log_final_model(final_model, hydra_cfg.runtime.output_dir,
+                                             cfg.mlflow.registered_model_name)
+            plots.log_run_figure(active.info.run_id)
+            final = metrics_manager.latest
+            print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
+                  f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)
+    return float(final["eval_loss"])
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

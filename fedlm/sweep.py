@@ -114,6 +114,13 @@ class MlflowSweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from fedlm import runtime
 
+        if self._parent_id is not None:
+            from fedlm import plots
+
+            try:  # the children's eval_accuracy, overlaid; a figure that fails must not fail the finished sweep
+                plots.log_sweep_figure(self._parent_id)
+            except Exception as e:
+                print(f"fedlm: could not log the sweep figure to run {self._parent_id}: {e!r}", flush=True)
         self._terminate("FINISHED")
         # joblib's (loky's) workers idle on after the sweep and exit only some time after we do: end them now.
         runtime.kill_children(timeout=2.0)

@@ -5,13 +5,16 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import mlflow
 from mlflow.exceptions import MlflowException
 import tensorflow_federated as tff
 
+from fedlm.metrics import RANDOM_GUESS, with_derived
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
 
 # TFF's metric names -> the names fedlm logs.
 METRIC_NAMES = {
@@ -19,9 +22,17 @@ METRIC_NAMES = {
     "client_work/train/accuracy": "train_accuracy",
     "client_work/train/num_examples": "train_sequences",
     "client_work/train/num_batches": "train_batches",
+    "client_work/train/cross_entropy": "train_cross_entropy",
+    "client_work/train/oov_rate": "train_oov_rate",
+    "client_work/train/num_tokens": "train_tokens",
+    "client_work/train/num_clients": "train_clients",
     "training_time_in_seconds": "round_seconds",
     "evaluation/loss": "eval_loss",
     "evaluation/accuracy": "eval_accuracy",
+    "evaluation/cross_entropy": "eval_cross_entropy",
+    "evaluation/oov_rate": "eval_oov_rate",
+    "evaluation/num_tokens": "eval_tokens",
+    "evaluation/num_clients": "eval_clients",  # federated evaluation only
     "evaluation/evaluation_time_in_seconds": "eval_seconds",
 }
 
@@ -93,12 +104,19 @@ def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None 
 
 
 class MlflowReleaseManager(tff.program.ReleaseManager):
-    """Logs each released round's metrics to the active MLflow run, with step = round."""
+    """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round.
+
+    `latest` holds the last value logged under each name (the run's final eval_loss, for sweepers).
+    """
+
+    def __init__(self):
+        self.latest: dict[str, float] = {}
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
-        metrics = {name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat}
+        metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
         mlflow.log_metrics(metrics, step=int(key))
+        self.latest.update(metrics)
 
 
 class ProgressReleaseManager(tff.program.ReleaseManager):
@@ -122,6 +140,50 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
             per_round = (time.monotonic() - self._t0) / (key - self._k0)
             parts.append(f"{per_round:.1f}s/round  ETA {per_round * (self._total - key):.0f}s")
         print("  ".join(parts), flush=True)
+
+
+class SampleReleaseManager(tff.program.ReleaseManager):
+    """At round 0, every `every` rounds and the last round: text from fixed prompts with the current server
+    weights, appended to an MLflow table (round, prompt, temperature, text). The same seed every round, so
+    the text changes only because the model does."""
+
+    def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
+                 length: int, seed: int, every: int, total_rounds: int, artifact_file: str = SAMPLES_TABLE):
+        self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
+        self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
+        self._artifact_file = artifact_file
+        self._generator = None
+        self._done: set[int] = set()
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done or not self._prompts or (key % self._every and key != self._total):
+            return
+        self._done.add(key)  # the loop may release a round twice (training, then a final evaluation)
+        import numpy as np
+
+        from fedlm.generate import Generator
+
+        weights = self._weights()
+        if self._generator is None:
+            self._generator = Generator(weights)
+        else:
+            self._generator.set_weights(weights)
+        rows = []
+        for prompt in self._prompts:
+            for temperature in self._temperatures:
+                rng = np.random.default_rng([self._seed, len(rows)])
+                text = self._generator.sample(prompt, self._length, float(temperature), rng)
+                rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, self._artifact_file)
+
+
+def log_random_guess() -> None:
+    """The random-guess reference, logged once and printed as the tutorial prints it."""
+    mlflow.log_metrics(RANDOM_GUESS)
+    print(f"Expected accuracy for random guessing: {RANDOM_GUESS['random_guess_accuracy']:.3f} (perplexity "
+          f"{RANDOM_GUESS['random_guess_perplexity']:.0f}, {RANDOM_GUESS['random_guess_bits_per_char']:.2f} "
+          f"bits/char)", flush=True)
 
 
 def log_config(cfg_flat: Mapping[str, Any], yaml_text: str) -> None:

@@ -26,11 +26,24 @@ def build_client_selection(
     return select
 
 
-def build_eval_data(test_data, num_clients: int, seed: int, seq_length: int, batch_size: int) -> tf.data.Dataset:
-    """The test split of a fixed, seeded set of clients, as one large-batch dataset (the same every round)."""
-    ids = sorted(test_data.client_ids)
+def pick_eval_clients(client_ids: Sequence[str], num_clients: int, seed: int) -> list[str]:
+    """A fixed, seeded set of clients whose test split is evaluated every time."""
+    ids = sorted(client_ids)
     picked = np.random.default_rng(seed).choice(len(ids), min(num_clients, len(ids)), replace=False)
-    return eval_dataset([test_data.create_tf_dataset_for_client(ids[i]) for i in sorted(picked)], seq_length, batch_size)
+    return [ids[i] for i in sorted(picked)]
+
+
+def build_eval_data(test_data, num_clients: int, seed: int, seq_length: int, batch_size: int) -> tf.data.Dataset:
+    """The eval clients' test splits as one large-batch dataset (the same every round), for Keras evaluation."""
+    ids = pick_eval_clients(test_data.client_ids, num_clients, seed)
+    return eval_dataset([test_data.create_tf_dataset_for_client(cid) for cid in ids], seq_length, batch_size)
+
+
+def build_eval_client_data(test_data, num_clients: int, seed: int, seq_length: int,
+                           batch_size: int) -> list[tf.data.Dataset]:
+    """The same eval clients' test splits, one dataset per client, for federated evaluation."""
+    ids = pick_eval_clients(test_data.client_ids, num_clients, seed)
+    return [eval_dataset([test_data.create_tf_dataset_for_client(cid)], seq_length, batch_size) for cid in ids]
 
 
 def build_keras_evaluation(
@@ -46,12 +59,45 @@ def build_keras_evaluation(
     return evaluate
 
 
+def build_federated_evaluation(
+    process: tff.learning.templates.LearningProcess, model_fn: Callable[[], Any]
+) -> Callable[[Any, list[tf.data.Dataset]], dict[str, float]]:
+    """Server weights -> `tff.learning.algorithms.build_fed_eval` on client datasets; the round's summed metrics."""
+    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn)
+    initial = fed_eval.initialize()
+
+    def evaluate(state: Any, client_datasets: list[tf.data.Dataset]) -> dict[str, float]:
+        eval_state = fed_eval.set_model_weights(initial, process.get_model_weights(state))
+        metrics = fed_eval.next(eval_state, client_datasets).metrics["client_work"]["eval"]["current_round_metrics"]
+        return {k: float(v) for k, v in metrics.items()}
+
+    return evaluate
+
+
+class LatestState:
+    """The learning process, remembering the last server state it produced (for release managers that look at
+    the model itself, e.g. text samples: TFF's training loop releases only metrics)."""
+
+    def __init__(self, process: Any):
+        self.process = process
+        self.state: Any = None
+
+    def initialize(self) -> Any:
+        self.state = self.process.initialize()
+        return self.state
+
+    def next(self, state: Any, client_data: Any) -> Any:
+        output = self.process.next(state, client_data)
+        self.state = output.state
+        return output
+
+
 def train(
     process: Any,
     select_clients: Callable[[int], list[tf.data.Dataset]],
     rounds: int,
-    evaluate: Callable[[Any, tf.data.Dataset], dict[str, float]],
-    eval_data: tf.data.Dataset,
+    evaluate: Callable[[Any, Any], dict[str, float]],
+    eval_data: Any,
     eval_every: int,
     release_managers: Sequence[tff.program.ReleaseManager],
 ) -> Any:

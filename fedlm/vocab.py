@@ -1,6 +1,8 @@
 """The tutorial's fixed character vocabulary, plus explicit padding and OOV ids."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # Same characters in the same order as the TFF tutorial, so ids 0..85 mean what they mean there.
@@ -11,6 +13,14 @@ PAD_ID: int = len(TUTORIAL_CHARS)  # 86: padding; never a target for loss or acc
 OOV_ID: int = PAD_ID + 1  # 87: a character outside the vocabulary; counted, never a target
 VOCAB_SIZE: int = OOV_ID + 1
 CHAR_TO_ID: dict[str, int] = {c: i for i, c in enumerate(TUTORIAL_CHARS)}
+
+# The tutorial's reference point ("Expected accuracy for random guessing: 0.012"): a uniform guess over its
+# characters. Only they are ever targets (padding and OOV are not scored), so the guess is over 86, not 88.
+RANDOM_GUESS: dict[str, float] = {
+    "random_guess_accuracy": 1.0 / len(TUTORIAL_CHARS),
+    "random_guess_perplexity": float(len(TUTORIAL_CHARS)),
+    "random_guess_bits_per_char": math.log2(len(TUTORIAL_CHARS)),
+}
 
 
 def encode(text: str) -> np.ndarray:

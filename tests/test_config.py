@@ -12,7 +12,8 @@ from fedlm import config as config_lib
 from tests.conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["data", "model", "optimizer", "server_optimizer", "sampling", "aggregator", "algorithm", "pretrain", "experiment"]
+GROUPS = ["data", "model", "optimizer", "server_optimizer", "sampling", "aggregator", "algorithm", "pretrain", "eval",
+          "experiment"]
 # Options that only make sense together with other keys.
 NEEDS = {
     ("sampling", "fixed"): ["sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]", "clients_per_round=2"],
@@ -56,6 +57,10 @@ def test_every_group_option_composes_and_validates(group, option):
         (["experiment=foo"], "experiment"),
         (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum"),  # adam has no momentum
         (["rounds_typo=3"], "rounds_typo"),
+        (["eval=foo"], "eval"),
+        (["eval.mode=foo"], "eval.mode"),
+        (["sample_length=long"], "sample_length"),
+        (["sample_temperatures=[hot]"], "sample_temperatures"),
     ],
 )
 def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key):
@@ -115,6 +120,27 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
 def test_inconsistent_combinations_are_rejected(overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sample_every=0"], r"sample_every=0: must be >= 1"),
+    (["sample_length=0"], r"sample_length=0: must be >= 1"),
+    (["sample_prompts=['café, ']"], r"sample_prompts\[0\]='café, ': characters outside the vocabulary: \['é'\]"),
+    (["sample_prompts=['']"], r"sample_prompts\[0\]='': must be a non-empty string"),
+    (["sample_temperatures=[1.0,-0.5]"], r"sample_temperatures\[1\]=-0.5: must be a number >= 0"),
+    (["sample_temperatures=[]"], r"sample_temperatures=\[\]: must list at least one temperature"),
+    (["mlflow.registered_model_name=' '"], r"mlflow.registered_model_name=' ': must be a non-empty name"),
+])
+def test_bad_sample_and_model_registry_settings(overrides, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(compose_config(overrides))
+
+
+def test_eval_mode_is_a_group_and_a_key():
+    for overrides in (["eval=federated"], ["eval.mode=federated"]):
+        assert compose_config(overrides).eval.mode == config_lib.EvalMode.federated
+    assert compose_config().eval.mode == config_lib.EvalMode.keras
+    config_lib.validate(compose_config(["sample_prompts=[]"]))  # no samples is allowed
 
 
 def test_population_checks():

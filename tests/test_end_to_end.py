@@ -18,14 +18,6 @@ def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[in
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("run")
-    result = run_fedlm([*TINY, "mlflow.experiment_name=e2e"], tmp)
-    assert result.returncode == 0, result.stdout[-3000:]
-    return result
-
-
 def test_run_logs_rounds_params_and_artifacts(tiny_run):
     assert "round 2/2" in tiny_run.stdout and "ETA" in tiny_run.stdout
     client = mlflow.MlflowClient()
@@ -39,9 +31,7 @@ def test_run_logs_rounds_params_and_artifacts(tiny_run):
     assert run.data.metrics["data_clients"] > 800
     assert "model=tiny" in run.data.tags["fedlm.overrides"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "model", "samples"} <= artifacts
-    sample = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/samples/final.txt")
-    assert sample.startswith("What of TensorFlow Federated, you ask? ") and len(sample) > 200
+    assert {"config.yaml", "model", "samples", "plots", "sampled_clients.json"} <= artifacts
 
 
 def test_step0_eval_equals_the_starting_model(tiny_run):

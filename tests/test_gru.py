@@ -127,7 +127,7 @@ def test_saved_fast_model_loads_into_stock(tmp_path, name):
     reloaded = tf.keras.models.load_model(path, compile=False)  # FastGRU is registered: loads as itself
     assert isinstance(reloaded.layers[1], FastGRU) and rel_err(reloaded(x), fast(x)) < 1e-5
     stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
-    stock.set_weights(reloaded.get_weights())  # as fedlm.model.load_initial_weights does
+    stock.set_weights(reloaded.get_weights())  # as fedlm.model_init.load_initial_weights does
     assert rel_err(stock(x), fast(x)) < 1e-5
     if not name.endswith(".keras"):  # .keras weight files key layers by class name (FastGRU != GRU)
         stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))

@@ -39,6 +39,8 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
     parent, children = sweep_runs(experiment)
     assert parent.info.run_name == " ".join(SWEEP) and parent.info.status == "FINISHED"
     assert parent.data.tags["fedlm.swept_keys"] == "optimizer client_weighting"
+    parent_plots = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")  # the sweep callback's figure
+    assert [a.path for a in parent_plots] == ["plots/sweep_eval_accuracy.png"]
     definition = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep.yaml"))
     assert set(SWEEP) <= set(definition["overrides"]) and definition["launcher"]["_target_"].endswith(
         "JoblibLauncher" if launcher == "joblib" else "BasicLauncher")
