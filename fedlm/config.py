@@ -241,6 +241,9 @@ class FedlmConfig:
     sample_prompts: list[str] = field(default_factory=list)  # checked by validate: vocabulary characters only
     sample_temperatures: list[float] = field(default_factory=lambda: [1.0])
     sample_length: int = count(200)
+    checkpoint_every: int = count(1)
+    checkpoint_keep: int = count(2)
+    resume: Any = False  # true, false, a run directory or an MLflow run id (fedlm/checkpoint.py)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 
@@ -308,6 +311,9 @@ def validate(cfg: DictConfig) -> None:
     check_bounds(cfg)
     if cfg.model.init is not None and not os.path.isfile(cfg.model.init):
         raise ConfigError(f"model.init={cfg.model.init!r}: no such file (a Keras model file, or null for the pretrained default)")
+    resume = cfg.get("resume")
+    if not (isinstance(resume, bool) or (isinstance(resume, (str, int)) and str(resume).strip())):
+        raise ConfigError(f"resume={resume!r}: allowed true, false, a run directory or an MLflow run id")
     if cfg.pretrain.corpus is not None and not os.path.isfile(cfg.pretrain.corpus):
         raise ConfigError(f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)")
     _check_samples(cfg)

@@ -9,6 +9,8 @@ from typing import Iterable
 
 import numpy as np
 
+from fedlm.vocab import CHAR_TO_ID
+
 _SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
 _INLINE_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+")  # e.g. "__\[Aside]_": editorial stage direction
 _MD_ESCAPE = re.compile(r"\\(.)")
@@ -77,6 +79,14 @@ class FederatedText:
     test: dict[str, list[str]]
     proxy_text: str
     train_only_clients: list[str]  # too few speeches to hold one out: kept, training only
+    empty_clients: list[str] = dataclasses.field(default_factory=list)  # only empty speeches: not clients
+
+    def oov_characters(self) -> collections.Counter:
+        """Characters of the federated speeches outside the vocabulary, with counts (they become OOV ids)."""
+        return collections.Counter(
+            ch for split in (self.train, self.test) for speeches in split.values() for s in speeches
+            for ch in s if ch not in CHAR_TO_ID
+        )
 
     def client_sizes(self) -> dict[str, int]:
         """Training characters per client (what `sampling=size_weighted` draws in proportion to)."""
@@ -89,6 +99,8 @@ class FederatedText:
             "data_clients": len(self.train),
             "data_test_clients": len(self.test),
             "data_train_only_clients": len(self.train_only_clients),
+            "data_empty_clients": len(self.empty_clients),
+            "data_oov_chars": sum(self.oov_characters().values()),
             "data_train_speeches": sum(map(len, self.train.values())),
             "data_test_speeches": sum(map(len, self.test.values())),
             "data_characters": int(sizes.sum()),
@@ -105,7 +117,9 @@ def build_federated_text(
     """Group speeches by (play, role) client; hold out a seeded fraction of each client's speeches for test.
 
     Clients with a single speech cannot give one to test without losing all training data; they stay
-    in the training population and are listed in `train_only_clients`.
+    in the training population and are listed in `train_only_clients`. Roles whose speeches are all empty
+    (nothing left after removing stage directions) have nothing to train on: listed in `empty_clients`, not
+    in the population (a sampled client without data would waste its slot, or divide by zero examples).
     """
     plays = list(plays)
     proxy_genres = set(proxy_genres)
@@ -121,9 +135,12 @@ def build_federated_text(
             else:
                 by_client[client_id(play.title, role)].append(text)
     rng = np.random.default_rng(seed)
-    train, test, train_only = {}, {}, []
+    train, test, train_only, empty = {}, {}, [], []
     for cid in sorted(by_client):
-        speeches = by_client[cid]
+        speeches = [s for s in by_client[cid] if s]  # an empty speech has no character to lose
+        if not speeches:
+            empty.append(cid)
+            continue
         n_test = int(round(len(speeches) * test_fraction))
         if len(speeches) < 2 or n_test == 0:
             train[cid] = speeches
@@ -133,7 +150,8 @@ def build_federated_text(
         held = set(rng.choice(len(speeches), size=n_test, replace=False).tolist())
         train[cid] = [s for i, s in enumerate(speeches) if i not in held]
         test[cid] = [s for i, s in enumerate(speeches) if i in held]
-    return FederatedText(train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only)
+    return FederatedText(train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only,
+                         empty_clients=empty)
 
 
 def to_client_data(speeches_by_client: dict[str, list[str]]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 
 import hydra
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedlm import config as config_lib
 from fedlm import data as data_lib
 from fedlm import model as model_lib
-from fedlm import vocab
+from fedlm import preflight, vocab
 
 
 class _Progress(tf.keras.callbacks.Callback):
@@ -33,15 +34,23 @@ class _Progress(tf.keras.callbacks.Callback):
 
 
 def corpus_text(cfg: DictConfig) -> str:
+    """The pretraining text: `pretrain.corpus` (UTF-8) or the proxy plays; at least one training sequence long."""
     if cfg.pretrain.corpus is not None:
-        text = open(cfg.pretrain.corpus, encoding="utf-8").read()
         source = f"pretrain.corpus={cfg.pretrain.corpus!r}"
+        try:
+            with open(cfg.pretrain.corpus, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise config_lib.ConfigError(f"{source}: not UTF-8 text ({e}); convert it to UTF-8") from e
     else:
         genres = set(cfg.data.proxy_genres)
         text = "\n".join(s for p in data_lib.load_plays() if p.genre in genres for _, s in p.speeches)
         source = f"data.proxy_genres={sorted(genres)}"
-    if len(text) < 2:
-        raise config_lib.ConfigError(f"{source}: the pretraining corpus is empty")
+    need = cfg.pretrain.seq_length + 1
+    if len(text) < need:
+        what = "empty" if not text else f"only {len(text)} characters"
+        raise config_lib.ConfigError(f"{source}: the pretraining corpus is {what}; it needs at least "
+                                     f"pretrain.seq_length + 1 = {need} characters")
     return text
 
 
@@ -67,10 +76,9 @@ def pretrain(cfg: DictConfig) -> tf.keras.Model:
     ids = vocab.encode(text)
     n = cfg.pretrain.seq_length + 1
     seqs = ids[: len(ids) // n * n].reshape(-1, n)
-    if len(seqs) == 0:
-        raise config_lib.ConfigError(f"pretrain.seq_length={cfg.pretrain.seq_length}: corpus of {len(ids)} chars is shorter")
-    print(f"pretraining {cfg.model.name} on {len(ids):,} characters ({int(np.sum(ids == vocab.OOV_ID))} OOV) "
-          f"for {cfg.pretrain.steps} steps of {cfg.pretrain.batch_size}x{cfg.pretrain.seq_length}", flush=True)
+    print(f"pretraining {cfg.model.name} on {len(ids):,} characters ({int(np.sum(ids == vocab.OOV_ID))} OOV, "
+          f"excluded from the loss: {vocab.unknown_chars(text)}) for {cfg.pretrain.steps} steps of "
+          f"{cfg.pretrain.batch_size}x{cfg.pretrain.seq_length}", flush=True)
     ds = (tf.data.Dataset.from_tensor_slices(seqs).shuffle(len(seqs), seed=cfg.seed).repeat()
           .batch(cfg.pretrain.batch_size).map(lambda s: (s[:, :-1], s[:, 1:])).prefetch(2))
     model = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
@@ -89,6 +97,8 @@ def pretrained_model_path(cfg: DictConfig) -> str:
     if os.path.exists(path):
         print(f"using cached pretrained model {path}", flush=True)
         return path
+    # Before pretraining, not after it:
+    preflight.check_writable_dir(os.path.dirname(path), "cache_dir (pretrained models)")
     t0 = time.monotonic()
     model = pretrain(cfg)
     tmp = path + ".tmp.h5"  # write then rename: a killed pretraining leaves no half file behind
@@ -101,8 +111,12 @@ def pretrained_model_path(cfg: DictConfig) -> str:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     """`python -m fedlm.pretrain [pretrain.corpus=path.txt] [model=...]`: build (or reuse) the pretrained model."""
-    config_lib.validate(cfg)
-    print(pretrained_model_path(cfg))
+    try:
+        config_lib.validate(cfg)
+        print(pretrained_model_path(cfg))
+    except config_lib.ConfigError as e:
+        print(f"fedlm: config error: {e}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 if __name__ == "__main__":

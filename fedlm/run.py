@@ -1,7 +1,6 @@
 """`python -m fedlm.run [key=value ...]`: compose the config, then data and model -> process -> loop -> MLflow."""
 from __future__ import annotations
 
-import os
 import sys
 
 import hydra
@@ -10,6 +9,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm import config as config_lib
+from fedlm import runtime
 
 
 def run(cfg: DictConfig) -> float:
@@ -23,16 +23,31 @@ def run(cfg: DictConfig) -> float:
         config_lib.check_population(cfg, list(text.train), len(text.test))
 
     import mlflow
+
+    from fedlm import checkpoint, preflight, tracking
+
+    tracking_uri = tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri)
+    preflight.check_tracking_store(tracking_uri)  # results need somewhere to go before any work is done
+    mlflow.set_tracking_uri(tracking_uri)
+    resume = checkpoint.find_run_to_resume(cfg) if cfg.resume is not False else None
+    run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
+    with run_dir.locked():
+        if resume is None:
+            checkpoint.check_fresh(run_dir)
+        return _train(cfg, text, run_dir, resume)
+
+
+def _train(cfg: DictConfig, text, run_dir, resume) -> float:
+    import mlflow
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from fedlm import artifacts, federated, model as model_lib, model_init, plots, preprocessing, pretrain, runtime
-    from fedlm import sampling, sweep, tracking, training
+    from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, model_init, plots
+    from fedlm import preflight, preprocessing, pretrain, sampling, sweep, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
-    mlflow.set_tracking_uri(tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri))
 
     if cfg.data.name == config_lib.DataName.tff_shakespeare:
         train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
@@ -41,6 +56,13 @@ def run(cfg: DictConfig) -> float:
     else:
         train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
         client_sizes = text.client_sizes()
+    oov = text.oov_characters()
+    if oov:
+        print(f"data: {sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from loss "
+              f"and accuracy: {dict(oov.most_common())}", flush=True)
+    if text.empty_clients:
+        print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
+              f"{text.empty_clients[:20]}", flush=True)
 
     # Model: the pretrained start.
     def keras_model() -> tf.keras.Model:
@@ -52,6 +74,9 @@ def run(cfg: DictConfig) -> float:
     start_model.set_weights(init.weights)
     for note in init.notes:
         print(f"fedlm: {note}", flush=True)
+    model_bytes = sum(w.nbytes for w in init.weights)
+    preflight.check_free_space(run_dir.path, preflight.run_dir_bytes_needed(model_bytes, cfg.checkpoint_keep),
+                               "run directory", f"checkpoint_keep={cfg.checkpoint_keep} checkpoints and the final model")
     # Seed TF from here on whether or not pretraining just ran in this process (it seeds and draws too):
     # client shuffles then depend on `seed` alone, so reruns reproduce a run's metrics.
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -94,39 +119,88 @@ def run(cfg: DictConfig) -> float:
                 test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
         else:
             evaluate, eval_input = training.build_keras_evaluation(process, keras_model()), eval_data
-        metrics_manager = tracking.MlflowReleaseManager()
+        checkpoints = checkpoint.RoundCheckpoints(
+            run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=training.check_finite_state
+        )
+        logged = tracking.logged_steps(resume.run_id) if resume else {}
+        metrics_manager = tracking.MlflowReleaseManager(already_logged=logged)
         samples_manager = tracking.SampleReleaseManager(
             lambda: process.get_model_weights(initial.state), cfg.sample_prompts, cfg.sample_temperatures,
             cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
+            done_rounds=tracking.sampled_rounds(resume.run_id) if resume else (),
         )
 
-        sweep_dir = sweep.sweep_dir(hydra_cfg) if multirun else None
-        with tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir) as active:
-            print(f"MLflow run {active.info.run_id} in {mlflow.get_tracking_uri()}", flush=True)
-            tracking.log_config(tracking.flatten(config_lib.to_container(cfg), sep="."), OmegaConf.to_yaml(cfg, resolve=True))
+        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+        config_flat = tracking.flatten(config_lib.to_container(cfg), sep=".")
+        if resume:
+            active_run = mlflow.start_run(run_id=resume.run_id)
+        else:
+            sweep_dir = sweep.sweep_dir(hydra_cfg) if multirun else None
+            active_run = tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
+        with active_run as active:
+            run_id = active.info.run_id
+            if resume:
+                print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
+                      f"(checkpoints in {run_dir.checkpoints})", flush=True)
+                previous = active.data.tags.get("fedlm.resumed_after_rounds")
+                mlflow.set_tag("fedlm.resumed_after_rounds", ",".join(filter(None, [previous, str(resume.round)])))
+                params = active.data.params  # a run killed before logging them gets them now; never changed
+                tracking.log_config({k: v for k, v in config_flat.items() if k not in params}, config_yaml)
+                metrics_manager.latest.update(active.data.metrics)  # the final eval may be from before the stop
+            else:
+                print(f"MLflow run {run_id} in {mlflow.get_tracking_uri()}", flush=True)
+                mlflow.set_tag(checkpoint.RUN_DIR_TAG, str(run_dir.path))
+                run_dir.record_start(config_yaml, run_id)
+                tracking.log_config(config_flat, config_yaml)
             mlflow.log_dict({r: sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
-            mlflow.log_metrics(text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))})
-            mlflow.set_tag("fedlm.model_init", init_path)
+            stats = text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))}
+            mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
+            mlflow.set_tags({"fedlm.model_init": init_path, "fedlm.data_oov_distinct": "".join(sorted(oov))})
             if init.notes:
                 mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
-            tracking.log_random_guess()
+            if not resume:
+                tracking.log_random_guess()
+            release_managers = [metrics_manager, tracking.ProgressReleaseManager(cfg.rounds), samples_manager,
+                                training.DivergenceCheck()]
             try:
                 state = training.train(
-                    initial, select, cfg.rounds, evaluate, eval_input, cfg.eval_every,
-                    [metrics_manager, tracking.ProgressReleaseManager(cfg.rounds), samples_manager],
+                    initial, select, cfg.rounds, evaluate, eval_input, cfg.eval_every, release_managers, checkpoints
                 )
-            except runtime.Interrupted:
-                mlflow.end_run("KILLED")
+                # Hand the trained (not the initial) weights back to Keras; save, log and plot.
+                final_model = artifacts.portable_copy(process.get_model_weights(state))
+                path = artifacts.log_final_model(final_model, str(run_dir.path), cfg.mlflow.registered_model_name)
+                plots.log_run_figure(run_id)
+            except BaseException as e:
+                _keep_last_round(checkpoints, e, run_id, run_dir, overrides)
                 raise
-            # Hand the trained (not the initial) weights back to Keras; save, log and plot.
-            final_model = artifacts.portable_copy(process.get_model_weights(state))
-            path = artifacts.log_final_model(final_model, hydra_cfg.runtime.output_dir,
-                                             cfg.mlflow.registered_model_name)
-            plots.log_run_figure(active.info.run_id)
             final = metrics_manager.latest
             print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
                   f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)
     return float(final["eval_loss"])
+
+
+def _keep_last_round(checkpoints, error: BaseException, run_id: str, run_dir, overrides: list[str]) -> None:
+    """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on."""
+    import mlflow
+
+    from fedlm import training
+
+    through = error.round_num - 1 if isinstance(error, training.Diverged) else None
+    try:
+        saved = checkpoints.save_pending(through)
+    except Exception as save_error:  # e.g. disk full: report, but do not hide the error that stopped the run
+        print(f"fedlm: could not write the last round's checkpoint: {save_error}", file=sys.stderr)
+        saved = checkpoints.saved_round
+    status = "KILLED" if isinstance(error, runtime.Interrupted) else "FAILED"
+    if status == "KILLED":
+        mlflow.end_run(status)
+    why = f"stopped by {error.signal_name}; " if isinstance(error, runtime.Interrupted) else ""
+    kept = f"last checkpoint: round {saved} in {checkpoints.directory}" if saved is not None else "no checkpoint"
+    print(f"fedlm: {why}MLflow run {run_id} marked {status}; {kept}", file=sys.stderr, flush=True)
+    if saved is not None and through is None:  # resuming a diverged run would diverge again
+        again = " ".join(o for o in overrides if not o.startswith("resume="))
+        print(f"fedlm: continue it with: python -m fedlm.run {again} resume={run_dir.path}",
+              file=sys.stderr, flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -136,6 +210,11 @@ def main(cfg: DictConfig) -> float:
     except config_lib.ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    except runtime.RunFailed as e:
+        print(f"fedlm: error: {e}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # Hydra records this job as failed and goes on with the sweep's other jobs
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,24 @@
 TFF 0.87 starts the worker lazily and only kills it from a `__del__`; at interpreter exit it is orphaned
 and keeps our stdout open (pipes, CI and sweeps hang). We set the context explicitly and, on leaving it,
 terminate every child process it started (found through our process tree, not by name across the machine).
+When fedlm dies without running any Python (SIGKILL, OOM killer), the kernel stops the worker for us: see
+`install_parent_death_signal`.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
+import gc
+import os
 import signal
-from typing import Iterator
+import subprocess
+import types
+from typing import Callable, Iterator
 
 import psutil
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def kill_children(timeout: float = 5.0) -> None:
@@ -27,8 +36,60 @@ def kill_children(timeout: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=timeout)  # reap them: no zombies left for init
 
 
+def _die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG)."""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, in the parent: the child only calls it
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:  # the parent died between fork and prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+class _WorkerPopen(subprocess.Popen):
+    """`subprocess.Popen` for TFF's worker: dies with fedlm, and is out of reach of the terminal's Ctrl-C."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
+        # Its own process group: a terminal's Ctrl-C goes to the foreground group, and would kill the worker
+        # mid-round before fedlm can finish the round and save. TFF stops it with an explicit SIGINT to its pid.
+        kwargs.setdefault("process_group", 0)
+        super().__init__(*args, **kwargs)
+
+
+def install_parent_death_signal() -> None:
+    """Make the `worker_binary` that TFF starts die with this process, however this process ends.
+
+    Why this way: exit handlers, `finally` and signal handlers cover normal exit, exceptions, Ctrl-C and SIGTERM,
+    but nothing of ours runs on SIGKILL. Only the kernel can then stop the worker, if asked at its start:
+    PR_SET_PDEATHSIG, set between fork and exec. TFF starts the worker with `subprocess.Popen` inside a private
+    closure (`executor_factory.local_cpp_executor_factory.start_process`), so we replace the `subprocess` module
+    *that one TFF module sees* by a namespace whose `Popen` adds the `preexec_fn` (everything else unchanged);
+    no TFF code is copied, nothing else in the process is affected. The alternatives cost more: starting and
+    wiring the worker ourselves re-implements TFF's private executor factory, and a watchdog process is one
+    more process to leak. PR_SET_PDEATHSIG fires when the *thread* that forked exits: TFF forks from its
+    execution context's event-loop thread, which runs until the interpreter exits. The `preexec_fn` only calls
+    a libc function resolved beforehand, which is safe in a multi-threaded parent.
+    """
+    from tensorflow_federated.python.core.impl.executor_stacks import executor_factory
+
+    if getattr(executor_factory.subprocess, "Popen", None) is not _WorkerPopen:
+        executor_factory.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": _WorkerPopen})
+
+
+class RunFailed(RuntimeError):
+    """The run cannot go on (diverged, a checkpoint cannot be written, ...): the message says why and what was
+    kept; fedlm prints it without a traceback and exits 1."""
+
+
 class Interrupted(SystemExit):
     """Ctrl-C or SIGTERM arrived; raised at the next round boundary so the run ends cleanly."""
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(int(self.code) - 128).name
 
 
 _pending: list[int] = []
@@ -40,7 +101,7 @@ def _on_signal(signum, frame):
     if _pending:
         raise Interrupted(128 + signum)
     _pending.append(signum)
-    print(f"fedlm: got signal {signum}, stopping after this round (again to stop now)", flush=True)
+    print(f"fedlm: got {signal.Signals(signum).name}, stopping after this round (again to stop now)", flush=True)
 
 
 def check_interrupted() -> None:
@@ -54,6 +115,7 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
     """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM."""
     import tensorflow_federated as tff
 
+    install_parent_death_signal()
     tff.backends.native.set_sync_local_cpp_execution_context(
         max_concurrent_computation_calls=max_concurrent_computation_calls
     )
@@ -65,4 +127,9 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _pending.clear()
+        # Replace the context now: the old one is collected while we are alive, and its `__del__` stops its
+        # worker the way TFF means to (SIGINT, wait); anything left is then killed. Later TFF calls in this
+        # process get a fresh worker instead of an error about a dead one.
+        tff.backends.native.set_sync_local_cpp_execution_context()
+        gc.collect()
         kill_children()

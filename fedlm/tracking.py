@@ -5,7 +5,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -106,17 +106,29 @@ def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None 
 class MlflowReleaseManager(tff.program.ReleaseManager):
     """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round.
 
-    `latest` holds the last value logged under each name (the run's final eval_loss, for sweepers).
+    `latest` holds the last value of each name (the run's final eval_loss, for sweepers). `already_logged`
+    (metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
+    last checkpoint, and must not log their steps twice.
     """
 
-    def __init__(self):
+    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None):
         self.latest: dict[str, float] = {}
+        self._skip = already_logged or {}
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
         metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
-        mlflow.log_metrics(metrics, step=int(key))
         self.latest.update(metrics)
+        new = {name: v for name, v in metrics.items() if int(key) not in self._skip.get(name, ())}
+        if new:
+            mlflow.log_metrics(new, step=int(key))
+
+
+def logged_steps(run_id: str) -> dict[str, set[int]]:
+    """Metric name -> the steps the run already has."""
+    client = mlflow.MlflowClient()
+    return {key: {m.step for m in client.get_metric_history(run_id, key)}
+            for key in client.get_run(run_id).data.metrics}
 
 
 class ProgressReleaseManager(tff.program.ReleaseManager):
@@ -148,12 +160,13 @@ class SampleReleaseManager(tff.program.ReleaseManager):
     the text changes only because the model does."""
 
     def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
-                 length: int, seed: int, every: int, total_rounds: int, artifact_file: str = SAMPLES_TABLE):
+                 length: int, seed: int, every: int, total_rounds: int, artifact_file: str = SAMPLES_TABLE,
+                 done_rounds: Collection[int] = ()):
         self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
         self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
         self._artifact_file = artifact_file
         self._generator = None
-        self._done: set[int] = set()
+        self._done: set[int] = set(done_rounds)  # a resumed run's table already has them (`sampled_rounds`)
 
     async def release(self, value: Any, key: int) -> None:
         key = int(key)
@@ -176,6 +189,15 @@ class SampleReleaseManager(tff.program.ReleaseManager):
                 text = self._generator.sample(prompt, self._length, float(temperature), rng)
                 rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
         mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, self._artifact_file)
+
+
+def sampled_rounds(run_id: str) -> set[int]:
+    """The rounds a run's samples table already has."""
+    try:
+        table = mlflow.load_table(SAMPLES_TABLE, run_ids=[run_id])
+    except MlflowException:  # no table yet
+        return set()
+    return {int(r) for r in table["round"]} if "round" in table else set()
 
 
 def log_random_guess() -> None:

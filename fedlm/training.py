@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Sequence
+import math
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -10,7 +11,11 @@ import tensorflow_federated as tff
 
 from fedlm.model import compile_for_eval
 from fedlm.preprocessing import eval_dataset
-from fedlm.runtime import check_interrupted
+from fedlm.runtime import RunFailed, check_interrupted
+from fedlm.tracking import METRIC_NAMES, flatten
+
+if TYPE_CHECKING:
+    from fedlm.checkpoint import RoundCheckpoints
 
 
 def build_client_selection(
@@ -92,6 +97,42 @@ class LatestState:
         return output
 
 
+class Diverged(RunFailed):
+    """Training diverged at `round_num`: a loss or the server state became NaN/Inf."""
+
+    def __init__(self, round_num: int, what: str):
+        super().__init__(f"training diverged at round {round_num}: {what} (learning rate too high?)")
+        self.round_num = round_num
+
+
+class DivergenceCheck(tff.program.ReleaseManager):
+    """Stops the run when a round's metrics show divergence: train or eval loss NaN/Inf, or no training at all.
+
+    TFF leaves a client whose update is NaN/Inf out of the average *and* out of the train metrics; when every
+    sampled client diverged, the round reports train_batches 0 (and loss 0), never NaN. The metrics are already
+    on the host: one check per round, no device-to-host sync per batch. Released before the round's checkpoint
+    is kept; list it after the other release managers so the bad round is still logged and printed.
+    """
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        for name in ("client_work/train/loss", "evaluation/loss"):
+            if name in flat and not math.isfinite(float(flat[name])):
+                raise Diverged(int(key), f"{METRIC_NAMES[name]} is {float(flat[name])}")
+        if "client_work/train/num_batches" in flat and int(flat["client_work/train/num_batches"]) == 0:
+            raise Diverged(int(key), "every sampled client's update was NaN/Inf "
+                                     "(TFF left them all out: train_batches 0)")
+
+
+def check_finite_state(state: Any, round_num: int) -> None:
+    """Raise `Diverged` if the server state (weights, optimizer slots) holds NaN/Inf, e.g. a server learning rate
+    that overflows. The state is already host numpy arrays: cheap, once per round, before it can be saved."""
+    for leaf in tf.nest.flatten(state):
+        array = np.asarray(leaf)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise Diverged(round_num, "the server model state has NaN/Inf values")
+
+
 def train(
     process: Any,
     select_clients: Callable[[int], list[tf.data.Dataset]],
@@ -100,8 +141,13 @@ def train(
     eval_data: Any,
     eval_every: int,
     release_managers: Sequence[tff.program.ReleaseManager],
+    checkpoints: RoundCheckpoints | None = None,
 ) -> Any:
-    """Round 0 evaluates the starting model; eval every `eval_every` rounds and always after the last round."""
+    """Round 0 evaluates the starting model; eval every `eval_every` rounds and always after the last round.
+
+    With `checkpoints` (a `checkpoint.RoundCheckpoints`), TFF's loop resumes from the latest saved round and
+    hands it every round's state; the final state is written when the loop ends.
+    """
     state = tff.simulation.run_training_process(
         training_process=process,
         training_selection_fn=select_clients,
@@ -109,10 +155,14 @@ def train(
         evaluation_fn=evaluate,
         evaluation_selection_fn=lambda _: eval_data,
         rounds_per_evaluation=eval_every,
+        program_state_manager=checkpoints,
+        rounds_per_saving_program_state=1,  # RoundCheckpoints decides which rounds go to disk
         metrics_managers=release_managers,
     )
     if rounds % eval_every:  # the loop evaluated only on multiples of eval_every
         metrics = {f"evaluation/{k}": v for k, v in evaluate(state, eval_data).items()}
         loop = asyncio.get_event_loop()
         loop.run_until_complete(asyncio.gather(*[m.release(metrics, key=rounds) for m in release_managers]))
+    if checkpoints is not None:
+        checkpoints.save_pending()
     return state

@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache and MLflow store per test session, and one tiny real run for the session."""
+"""Shared fixtures: an isolated cache and MLflow store per test session, one tiny real run for the session,
+fedlm subprocesses, and a session-wide check that no process the tests started is left behind."""
 from __future__ import annotations
 
 import os
@@ -21,6 +22,8 @@ TINY = [
 ]
 TINY_RUN_EXPERIMENT = "e2e"
 
+_sessions: set[int] = set()  # session ids of the fedlm subprocesses the tests started
+
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
@@ -30,39 +33,79 @@ def isolated_env(tmp_path_factory):
     yield root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """After the session: nothing alive in the sessions of the fedlm subprocesses, nothing under pytest but the
+    TFF worker of in-process tests (which is then stopped, and would die with pytest anyway)."""
+    from fedlm import runtime
+
+    runtime.install_parent_death_signal()  # in-process TFF work: its worker dies with pytest, however it ends
+    yield
+    leftover = [p for sid in _sessions for p in session_processes(sid)]
+    stray = [p for p in psutil.Process().children(recursive=True)
+             if _alive_in_session(p, None) and p.name() != "worker_binary"]
+    described = [_describe(p) for p in leftover + stray]
+    for p in leftover:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    _drop_tff_default_context()
+    runtime.kill_children()
+    assert not described, f"processes left behind by the tests: {described}"
+
+
+def _drop_tff_default_context() -> None:
+    """Let TFF's import-time context go while its module is intact: at interpreter exit its `__del__` finds the
+    module emptied ("'NoneType' object has no attribute 'Popen'") and cannot stop its worker."""
+    import gc
+
+    import tensorflow_federated as tff
+    from tensorflow_federated.python.core.impl.context_stack.runtime_error_context import RuntimeErrorContext
+
+    tff.framework.set_default_context(RuntimeErrorContext())
+    gc.collect()
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "config"):
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         return compose(config_name=config_name, overrides=overrides or [])
 
 
-def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600, module: str = "fedlm.run") -> subprocess.CompletedProcess:
-    """Run `python -m <module>` (a fedlm entry point) in its own session, then assert nothing of that session is
-    left running."""
+def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run") -> subprocess.Popen:
+    """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"],
+        [sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / run_dir}", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
+    _sessions.add(proc.pid)
+    return proc
+
+
+def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600, module: str = "fedlm.run",
+              run_dir: str = "run") -> subprocess.CompletedProcess:
+    """Run `python -m <module>` in its own session, then assert nothing of that session is left running."""
+    proc = start_fedlm(args, tmp_path, run_dir, module)
     out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open
-    left = session_processes(proc.pid, grace=10.0)
-    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+    assert_session_ended(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)
+
+
+def assert_session_ended(session_id: int) -> None:
+    left = session_processes(session_id, grace=10.0)
+    assert not left, f"processes left behind: {[_describe(p) for p in left]}"
 
 
 def session_processes(session_id: int, grace: float = 0.0) -> list[psutil.Process]:
     """Live processes of the session a test started (its own, not the machine's), after up to `grace` seconds.
 
     Zombies are not counted: they have exited and wait only for init to reap them. The grace covers helper
-    processes (joblib's resource tracker) that exit on their own a moment after their parent.
+    processes (joblib's resource tracker) that exit on their own a moment after their parent, and a TFF worker
+    the kernel is still stopping after its parent was killed.
     """
-    def alive_in_session(p: psutil.Process) -> bool:
-        try:
-            return os.getsid(p.pid) == session_id and p.status() != psutil.STATUS_ZOMBIE
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            return False
-
     deadline = time.monotonic() + grace
     while True:
-        left = [p for p in psutil.process_iter() if alive_in_session(p)]
+        left = [p for p in psutil.process_iter() if _alive_in_session(p, session_id)]
         if not left or time.monotonic() >= deadline:
             return left
         time.sleep(0.2)
@@ -83,3 +126,17 @@ def tiny_run_id(tiny_run) -> str:
 
     (run,) = mlflow.search_runs(experiment_names=[TINY_RUN_EXPERIMENT], output_format="list")
     return run.info.run_id
+
+
+def _alive_in_session(p: psutil.Process, session_id: int | None) -> bool:
+    try:
+        return (session_id is None or os.getsid(p.pid) == session_id) and p.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return False
+
+
+def _describe(p: psutil.Process) -> str:
+    try:
+        return f"{p.pid}: {' '.join(p.cmdline())}"
+    except psutil.Error:
+        return str(p.pid)
