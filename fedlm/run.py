@@ -30,20 +30,30 @@ def run(cfg: DictConfig) -> float:
     preflight.check_tracking_store(tracking_uri)  # results need somewhere to go before any work is done
     mlflow.set_tracking_uri(tracking_uri)
     resume = checkpoint.find_run_to_resume(cfg) if cfg.resume is not False else None
+    init_path, init = _starting_weights(cfg)
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
     with run_dir.locked():
         if resume is None:
             checkpoint.check_fresh(run_dir)
-        return _train(cfg, text, run_dir, resume)
+        return _train(cfg, text, init_path, init, run_dir, resume)
 
 
-def _train(cfg: DictConfig, text, run_dir, resume) -> float:
+def _starting_weights(cfg: DictConfig):
+    """The pretrained start (pretrained first if not cached) or `model.init`; a file that does not fit: ConfigError."""
+    from fedlm import model as model_lib, model_init, pretrain
+
+    init_path = pretrain.pretrained_model_path(cfg)
+    template = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
+    return init_path, model_init.load_initial_weights(init_path, template)
+
+
+def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> float:
     import mlflow
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, model_init, plots
-    from fedlm import preflight, preprocessing, pretrain, sampling, sweep, tracking, training
+    from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, plots, preflight
+    from fedlm import preprocessing, sampling, sweep, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -68,9 +78,7 @@ def _train(cfg: DictConfig, text, run_dir, resume) -> float:
     def keras_model() -> tf.keras.Model:
         return model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
 
-    init_path = pretrain.pretrained_model_path(cfg)
     start_model = keras_model()
-    init = model_init.load_initial_weights(init_path, start_model)  # a file that does not fit: ConfigError
     start_model.set_weights(init.weights)
     for note in init.notes:
         print(f"fedlm: {note}", flush=True)
