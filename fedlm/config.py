@@ -283,6 +283,7 @@ register_configs()  # on import: the entry points import this module before Hydr
 
 # ---- checks --------------------------------------------------------------------------------------------
 
+_FLOAT32_MAX = 3.4028234e38
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 
 
@@ -300,10 +301,12 @@ def check_bounds(node: DictConfig, prefix: str = "") -> None:
         bounds = fields[key].metadata.get("bounds") if key in fields else None
         if not bounds or value is None:
             continue
-        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        # TF computes in float32: a value beyond its range would silently become inf.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX
         if not number or not all(_BOUNDS[k][0](value, b) for k, b in bounds.items()):
             allowed = " and ".join(f"{_BOUNDS[k][1]} {b}" for k, b in bounds.items())
-            raise ConfigError(f"{path}={value!r}: must be {allowed}")
+            hint = "" if number else " (and a finite float32 value)"
+            raise ConfigError(f"{path}={value!r}: must be {allowed}{hint}")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -327,6 +330,21 @@ def validate(cfg: DictConfig) -> None:
             f"aggregator=dp with client_weighting={weighting.value}: TFF's adaptive-clipping Gaussian DP aggregator "
             "is unweighted only (each client's clipped update counts once); use client_weighting=uniform"
         )
+    noise = cfg.aggregator.noise_multiplier
+    if cfg.aggregator.name == AggregatorName.dp and 0 < noise and noise >= 0.1 * cfg.clients_per_round:
+        raise ConfigError(
+            f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
+            "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which must "
+            f"carry less than the whole noise: needs clients_per_round > {10 * noise:g}, or a smaller noise_multiplier"
+        )
+    for group in ("optimizer", "server_optimizer"):
+        if str(cfg[group].get("_target_", "")).endswith(".build_adafactor"):
+            raise ConfigError(
+                f"{group}=adafactor: TFF 0.87's build_adafactor does not run inside its own learning processes (its "
+                "state keeps Python int/bool values that its graph-mode `next` cannot take: the server step fails on "
+                "int32 vs float32 `steps`, the client step with KeyError 'steps'); choose sgd, sgdm, adam, adamw, "
+                "adagrad, yogi or rmsprop"
+            )
     if cfg.algorithm.name == AlgorithmName.fedprox and cfg.algorithm.proximal_strength <= 0:
         raise ConfigError(
             f"algorithm.proximal_strength={cfg.algorithm.proximal_strength!r}: algorithm=fedprox needs a number > 0 "

@@ -1,6 +1,7 @@
 """The config space: every group option composes, every bad value is refused naming the key, before TensorFlow."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from tests.conftest import CONF_DIR, compose_config
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["data", "model", "optimizer", "server_optimizer", "sampling", "aggregator", "algorithm", "pretrain", "eval",
           "experiment"]
+# TFF 0.87's adafactor fails inside its learning processes: refused by validate (see below).
+BROKEN_IN_TFF = {("optimizer", "adafactor"), ("server_optimizer", "adafactor")}
 # Options that only make sense together with other keys.
 NEEDS = {
     ("sampling", "fixed"): ["sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]", "clients_per_round=2"],
@@ -33,7 +36,7 @@ def test_default_config_is_valid():
     assert cfg.sampling.name == config_lib.SamplingName.uniform
 
 
-@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g) if (g, o) not in BROKEN_IN_TFF])
 def test_every_group_option_composes_and_validates(group, option):
     cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])])
     config_lib.validate(cfg)
@@ -90,7 +93,8 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["server_optimizer=adam", "server_optimizer.beta_1=1.5"], "server_optimizer.beta_1=1.5"),
         (["server_optimizer=yogi", "server_optimizer.epsilon=0"], "server_optimizer.epsilon=0.0"),
         (["optimizer=adamw", "optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1"),
-        (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan"),
+        (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan: must be > 0.0 (and a finite float32"),
+        (["optimizer.learning_rate=1e39"], "optimizer.learning_rate=1e+39: must be > 0.0 (and a finite float32"),
         (["pretrain.learning_rate=0"], "pretrain.learning_rate=0.0"),
         (["model.embedding_dim=0"], "model.embedding_dim=0"),
         (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=-1"],
@@ -100,7 +104,7 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
     ],
 )
 def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, message):
-    with pytest.raises(config_lib.ConfigError, match="^" + message.replace(".", r"\.").replace("(", r"\(")):
+    with pytest.raises(config_lib.ConfigError, match="^" + re.escape(message)):
         config_lib.validate(compose_config(overrides))
 
 
@@ -115,6 +119,10 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
          "clients_per_round=10: sampling=fixed trains the 2 clients.*clients_per_round=2"),
         (["sampling=fixed", "sampling.clients=[A,A]", "clients_per_round=2"], r"sampling.clients: \['A'\] listed more"),
         (["sampling.clients=[A]"], "sampling.clients=.*only used by sampling=fixed"),
+        (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=1.0"],
+         r"aggregator.noise_multiplier=1.0 with clients_per_round=10: .*needs clients_per_round > 10"),
+        (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
+        (["server_optimizer=adafactor"], "server_optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
     ],
 )
 def test_inconsistent_combinations_are_rejected(overrides, message):

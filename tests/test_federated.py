@@ -132,3 +132,15 @@ def test_compression_aggregator_runs_and_averages(start, single_client_deltas):
     # The tiny model's tensors are below TFF's 20,000-value quantization threshold: the mean is exact.
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_tff_adafactor_fails_inside_fed_avg_which_is_why_config_refuses_it(start, side):
+    """Documents the TFF 0.87 bug behind config.validate's adafactor refusal: if this fails, TFF was fixed."""
+    import tensorflow_federated as tff
+
+    adafactor, sgd = tff.learning.optimizers.build_adafactor(0.01), tff.learning.optimizers.build_sgdm(0.1)
+    client, server = (adafactor, sgd) if side == "client" else (sgd, adafactor)
+    with pytest.raises((KeyError, TypeError), match="steps|int32"):
+        process = tff.learning.algorithms.build_weighted_fed_avg(federated.build_model_fn(keras_model, SEQ), client, server)
+        process.next(process.initialize(), [CLIENTS["A"]])
