@@ -24,11 +24,13 @@ def run(cfg: DictConfig) -> float:
 
     import mlflow
 
-    from fedlm import checkpoint, preflight, tracking
+    from fedlm import preflight, tracking
 
     tracking_uri = tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri)
-    preflight.check_tracking_store(tracking_uri)  # results need somewhere to go before any work is done
+    preflight.check_tracking_store(tracking_uri)  # results need somewhere to go: checked before TF is imported
     mlflow.set_tracking_uri(tracking_uri)
+    from fedlm import checkpoint
+
     resume = checkpoint.find_run_to_resume(cfg) if cfg.resume is not False else None
     init_path, init = _starting_weights(cfg)
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
@@ -53,7 +55,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
     from hydra.utils import instantiate
 
     from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, plots, preflight
-    from fedlm import preprocessing, sampling, sweep, tracking, training
+    from fedlm import preprocessing, release, sampling, sweep, tracking, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -130,12 +132,12 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
         checkpoints = checkpoint.RoundCheckpoints(
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=training.check_finite_state
         )
-        logged = tracking.logged_steps(resume.run_id) if resume else {}
-        metrics_manager = tracking.MlflowReleaseManager(already_logged=logged)
-        samples_manager = tracking.SampleReleaseManager(
+        logged = release.logged_steps(resume.run_id) if resume else {}
+        metrics_manager = release.MlflowReleaseManager(already_logged=logged)
+        samples_manager = release.SampleReleaseManager(
             lambda: process.get_model_weights(initial.state), cfg.sample_prompts, cfg.sample_temperatures,
             cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
-            done_rounds=tracking.sampled_rounds(resume.run_id) if resume else (),
+            done_rounds=release.sampled_rounds(resume.run_id) if resume else (),
         )
 
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
@@ -168,7 +170,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
                 mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
             if not resume:
                 tracking.log_random_guess()
-            release_managers = [metrics_manager, tracking.ProgressReleaseManager(cfg.rounds), samples_manager,
+            release_managers = [metrics_manager, release.ProgressReleaseManager(cfg.rounds), samples_manager,
                                 training.DivergenceCheck()]
             try:
                 state = training.train(

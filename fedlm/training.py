@@ -12,7 +12,8 @@ import tensorflow_federated as tff
 from fedlm.model import compile_for_eval
 from fedlm.preprocessing import eval_dataset
 from fedlm.runtime import RunFailed, check_interrupted
-from fedlm.tracking import METRIC_NAMES, flatten
+from fedlm.release import METRIC_NAMES
+from fedlm.tracking import flatten
 
 if TYPE_CHECKING:
     from fedlm.checkpoint import RoundCheckpoints

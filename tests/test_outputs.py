@@ -15,7 +15,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from fedlm import generate as generate_lib, metrics, plots, tracking
+from fedlm import generate as generate_lib, metrics, plots, release, tracking
 from tests.conftest import TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
 
 
@@ -42,7 +42,7 @@ def test_metrics_per_round(tiny_run_id):
 
 
 def test_samples_table_at_round_0_and_the_last(tiny_run_id):
-    table = json.loads(mlflow.artifacts.load_text(f"runs:/{tiny_run_id}/{tracking.SAMPLES_TABLE}"))
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{tiny_run_id}/{release.SAMPLES_TABLE}"))
     assert table["columns"] == ["round", "prompt", "temperature", "text"]
     cfg = compose_config(TINY)
     rows = table["data"]
@@ -166,7 +166,7 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
         assert [f["path"] for f in listed["files"]] == [plots.RUN_FIGURE]
         png = _get(f"{base}/get-artifact?path={plots.RUN_FIGURE}&run_uuid={tiny_run_id}")
         assert png.startswith(b"\x89PNG")
-        table = json.loads(_get(f"{base}/get-artifact?path={tracking.SAMPLES_TABLE}&run_uuid={tiny_run_id}"))
+        table = json.loads(_get(f"{base}/get-artifact?path={release.SAMPLES_TABLE}&run_uuid={tiny_run_id}"))
         assert table["columns"] == ["round", "prompt", "temperature", "text"]
         models = json.loads(_get(f"{api}/logged-models/search", {"experiment_ids": [experiment_id]}))["models"]
         assert [(m["info"]["name"], m["info"]["source_run_id"]) for m in models] == [("final_model", tiny_run_id)]

@@ -1,0 +1,134 @@
+"""TFF release managers: where each round's metrics go (MLflow, the console) and the text samples of a run.
+
+TFF's training loop hands every round's metrics to these (`tff.program.ReleaseManager`); step = round.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+import mlflow
+import tensorflow_federated as tff
+from mlflow.exceptions import MlflowException
+
+from fedlm.metrics import with_derived
+from fedlm.tracking import flatten
+
+SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
+
+# TFF's metric names -> the names fedlm logs.
+METRIC_NAMES = {
+    "client_work/train/loss": "train_loss",
+    "client_work/train/accuracy": "train_accuracy",
+    "client_work/train/num_examples": "train_sequences",
+    "client_work/train/num_batches": "train_batches",
+    "client_work/train/cross_entropy": "train_cross_entropy",
+    "client_work/train/oov_rate": "train_oov_rate",
+    "client_work/train/num_tokens": "train_tokens",
+    "client_work/train/num_clients": "train_clients",
+    "training_time_in_seconds": "round_seconds",
+    "evaluation/loss": "eval_loss",
+    "evaluation/accuracy": "eval_accuracy",
+    "evaluation/cross_entropy": "eval_cross_entropy",
+    "evaluation/oov_rate": "eval_oov_rate",
+    "evaluation/num_tokens": "eval_tokens",
+    "evaluation/num_clients": "eval_clients",  # federated evaluation only
+    "evaluation/evaluation_time_in_seconds": "eval_seconds",
+}
+
+
+class MlflowReleaseManager(tff.program.ReleaseManager):
+    """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round.
+
+    `latest` holds the last value of each name (the run's final eval_loss, for sweepers). `already_logged`
+    (metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
+    last checkpoint, and must not log their steps twice.
+    """
+
+    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None):
+        self.latest: dict[str, float] = {}
+        self._skip = already_logged or {}
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
+        self.latest.update(metrics)
+        new = {name: v for name, v in metrics.items() if int(key) not in self._skip.get(name, ())}
+        if new:
+            mlflow.log_metrics(new, step=int(key))
+
+
+def logged_steps(run_id: str) -> dict[str, set[int]]:
+    """Metric name -> the steps the run already has."""
+    client = mlflow.MlflowClient()
+    return {key: {m.step for m in client.get_metric_history(run_id, key)}
+            for key in client.get_run(run_id).data.metrics}
+
+
+class ProgressReleaseManager(tff.program.ReleaseManager):
+    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA."""
+
+    def __init__(self, total_rounds: int):
+        self._total = total_rounds
+        self._t0: float | None = None
+        self._k0 = 0
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        parts = [f"round {key:>{len(str(self._total))}}/{self._total}"]
+        for k, label in (("client_work/train/loss", "train_loss"), ("client_work/train/accuracy", "train_acc"),
+                         ("evaluation/loss", "eval_loss"), ("evaluation/accuracy", "eval_acc")):
+            if k in flat:
+                parts.append(f"{label} {float(flat[k]):.4f}")
+        if self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)
+            self._t0, self._k0 = time.monotonic(), key
+        elif key > self._k0:
+            per_round = (time.monotonic() - self._t0) / (key - self._k0)
+            parts.append(f"{per_round:.1f}s/round  ETA {per_round * (self._total - key):.0f}s")
+        print("  ".join(parts), flush=True)
+
+
+class SampleReleaseManager(tff.program.ReleaseManager):
+    """At round 0, every `every` rounds and the last round: text from fixed prompts with the current server
+    weights, appended to an MLflow table (round, prompt, temperature, text). The same seed every round, so
+    the text changes only because the model does."""
+
+    def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
+                 length: int, seed: int, every: int, total_rounds: int, artifact_file: str = SAMPLES_TABLE,
+                 done_rounds: Collection[int] = ()):
+        self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
+        self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
+        self._artifact_file = artifact_file
+        self._generator = None
+        self._done: set[int] = set(done_rounds)  # a resumed run's table already has them (`sampled_rounds`)
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done or not self._prompts or (key % self._every and key != self._total):
+            return
+        self._done.add(key)  # the loop may release a round twice (training, then a final evaluation)
+        import numpy as np
+
+        from fedlm.generate import Generator
+
+        weights = self._weights()
+        if self._generator is None:
+            self._generator = Generator(weights)
+        else:
+            self._generator.set_weights(weights)
+        rows = []
+        for prompt in self._prompts:
+            for temperature in self._temperatures:
+                rng = np.random.default_rng([self._seed, len(rows)])
+                text = self._generator.sample(prompt, self._length, float(temperature), rng)
+                rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, self._artifact_file)
+
+
+def sampled_rounds(run_id: str) -> set[int]:
+    """The rounds a run's samples table already has."""
+    try:
+        table = mlflow.load_table(SAMPLES_TABLE, run_ids=[run_id])
+    except MlflowException:  # no table yet
+        return set()
+    return {int(r) for r in table["round"]} if "round" in table else set()
