@@ -68,6 +68,14 @@ class AlgorithmName(enum.Enum):
     fedprox = "fedprox"
 
 
+class GruImplementation(enum.Enum):
+    fast = "fast"  # fedlm.gru.FastGRU: the stock layer's weights and results, faster to train on a CPU
+    keras = "keras"  # tf.keras.layers.GRU
+
+
+GRU_IMPLEMENTATIONS = tuple(g.value for g in GruImplementation)
+
+
 class EvalMode(enum.Enum):
     keras = "keras"  # server-side: the server weights in a Keras model, model.evaluate (the tutorial's)
     federated = "federated"  # tff.learning.algorithms.build_fed_eval on the eval clients
@@ -89,6 +97,7 @@ class ModelConfig:
     embedding_dim: int = count()
     rnn_units: int = count()
     init: Optional[str] = None
+    gru: GruImplementation = GruImplementation.fast
 
 
 @dataclass
@@ -204,6 +213,13 @@ class EvalConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Speed only: results do not depend on it."""
+
+    max_concurrent_clients: Optional[int] = constrained(None, ge=0)  # null: one per CPU core; 0: no limit
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: Optional[str] = None
     experiment_name: str = "fedlm"
@@ -244,6 +260,7 @@ class FedlmConfig:
     checkpoint_every: int = count(1)
     checkpoint_keep: int = count(2)
     resume: Any = False  # true, false, a run directory or an MLflow run id (fedlm/checkpoint.py)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 

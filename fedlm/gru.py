@@ -11,7 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 from keras.src import backend as keras_backend  # Keras 2.14, as pinned by TF 2.14
 
-IMPLEMENTATIONS = ("keras", "fast")
+from fedlm.config import GRU_IMPLEMENTATIONS
 
 
 def _gru_sequence(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
@@ -80,8 +80,8 @@ class FastGRU(tf.keras.layers.GRU):
     works, only not fast. This project pads only at sequence ends and masks the loss, so training has no mask.
     """
 
-    def __init__(self, units: int, return_sequences: bool = True, stateful: bool = False, **kwargs):
-        super().__init__(units, return_sequences=return_sequences, stateful=stateful, **kwargs)
+    def __init__(self, units: int, **kwargs):
+        super().__init__(units, **kwargs)
         cell = self.cell
         self._fast_config = (
             cell.activation is tf.keras.activations.tanh
@@ -100,7 +100,8 @@ class FastGRU(tf.keras.layers.GRU):
             self.build(tuple(config["input_shape"]))
 
     def call(self, inputs, mask=None, training=None, initial_state=None):
-        if not self._fast_config or mask is not None or initial_state is not None or not isinstance(inputs, tf.Tensor):
+        if (not self._fast_config or mask is not None or initial_state is not None
+                or not isinstance(inputs, tf.Tensor) or inputs.dtype != self.cell.kernel.dtype):
             return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
         weights = [tf.convert_to_tensor(w) for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias)]
         outputs = _gru_sequence(inputs, *weights)  # tensors, not variables: the tape links them to the variables
@@ -108,10 +109,12 @@ class FastGRU(tf.keras.layers.GRU):
         return [output, outputs[:, -1]] if self.return_state else output
 
 
-def build_gru(units: int, implementation: str) -> tf.keras.layers.Layer:
-    """The char-RNN's recurrent layer: "keras" (stock GRU) or "fast" (FastGRU: same weights, faster training)."""
+def build_gru(units: int, implementation: str, stateful: bool = False, **kwargs) -> tf.keras.layers.Layer:
+    """The char-RNN's recurrent layer (return_sequences): "keras" (stock GRU) or "fast" (FastGRU: same weights,
+    faster training; a stateful FastGRU runs the stock code, so batch-1 generation is unchanged). `kwargs` go to
+    the layer (e.g. initializers)."""
     if implementation == "keras":
-        return tf.keras.layers.GRU(units, return_sequences=True)
+        return tf.keras.layers.GRU(units, return_sequences=True, stateful=stateful, **kwargs)
     if implementation == "fast":
-        return FastGRU(units, return_sequences=True)
-    raise ValueError(f"GRU implementation={implementation!r}; allowed: {list(IMPLEMENTATIONS)}")
+        return FastGRU(units, return_sequences=True, stateful=stateful, **kwargs)
+    raise ValueError(f"model.gru={implementation!r}: allowed {list(GRU_IMPLEMENTATIONS)}")

@@ -81,7 +81,7 @@ def pretrain(cfg: DictConfig) -> tf.keras.Model:
           f"{cfg.pretrain.batch_size}x{cfg.pretrain.seq_length}", flush=True)
     ds = (tf.data.Dataset.from_tensor_slices(seqs).shuffle(len(seqs), seed=cfg.seed).repeat()
           .batch(cfg.pretrain.batch_size).map(lambda s: (s[:, :-1], s[:, 1:])).prefetch(2))
-    model = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
+    model = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, cfg.model.gru.value)
     model.compile(optimizer=tf.keras.optimizers.Adam(cfg.pretrain.learning_rate),
                   loss=model_lib.MaskedCrossEntropy(), metrics=[model_lib.MaskedAccuracy()])
     model.fit(ds, steps_per_epoch=cfg.pretrain.steps, epochs=1, verbose=0,

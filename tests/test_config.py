@@ -64,6 +64,8 @@ def test_every_group_option_composes_and_validates(group, option):
         (["eval.mode=foo"], "eval.mode"),
         (["sample_length=long"], "sample_length"),
         (["sample_temperatures=[hot]"], "sample_temperatures"),
+        (["model.gru=cudnn"], "model.gru"),
+        (["runtime.max_concurrent_clients=two"], "runtime.max_concurrent_clients"),
     ],
 )
 def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key):
@@ -95,6 +97,7 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["optimizer=adamw", "optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1"),
         (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan: must be > 0.0 (and a finite float32"),
         (["optimizer.learning_rate=1e39"], "optimizer.learning_rate=1e+39: must be > 0.0 (and a finite float32"),
+        (["runtime.max_concurrent_clients=-1"], "runtime.max_concurrent_clients=-1: must be >= 0"),
         (["pretrain.learning_rate=0"], "pretrain.learning_rate=0.0"),
         (["model.embedding_dim=0"], "model.embedding_dim=0"),
         (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=-1"],

@@ -26,7 +26,7 @@ def pair() -> tuple[tf.keras.Model, tf.keras.Model]:
     stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
     rng = np.random.default_rng(0)
     stock.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in stock.get_weights()])
-    fast = char_rnn(FastGRU(UNITS))
+    fast = char_rnn(FastGRU(UNITS, return_sequences=True))
     fast.set_weights(stock.get_weights())
     return stock, fast
 
@@ -103,7 +103,7 @@ def test_same_weight_names_shapes_and_order():
     tf.keras.backend.clear_session()
     stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
     tf.keras.backend.clear_session()
-    fast = char_rnn(FastGRU(UNITS))
+    fast = char_rnn(FastGRU(UNITS, return_sequences=True))
     assert [(w.name, w.shape) for w in fast.weights] == [(w.name, w.shape) for w in stock.weights]
 
 
@@ -112,7 +112,7 @@ def test_set_weights_both_ways():
     x = tokens()
     fresh_stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
     fresh_stock.set_weights(fast.get_weights())
-    fresh_fast = char_rnn(FastGRU(UNITS))
+    fresh_fast = char_rnn(FastGRU(UNITS, return_sequences=True))
     fresh_fast.set_weights(stock.get_weights())
     assert rel_err(fresh_stock(x), fast(x)) < 1e-5 and rel_err(fresh_fast(x), stock(x)) < 1e-5
 
@@ -136,7 +136,7 @@ def test_saved_fast_model_loads_into_stock(tmp_path, name):
 
 
 def test_config_round_trip():
-    layer = FastGRU(UNITS, name="g")
+    layer = FastGRU(UNITS, name="g", return_sequences=True)
     again = FastGRU.from_config(layer.get_config())
     assert again.get_config() == layer.get_config() and again.return_sequences
     assert tf.keras.utils.get_registered_object("fedlm>FastGRU") is FastGRU
@@ -161,7 +161,7 @@ def test_masked_and_stateful_calls_use_the_stock_path(fast_calls):
     stock, fast = pair()
     gen = tf.keras.Sequential([
         tf.keras.layers.InputLayer(input_shape=(None,), batch_size=1, dtype=tf.int32),
-        tf.keras.layers.Embedding(VOCAB, EMBED), FastGRU(UNITS, stateful=True), tf.keras.layers.Dense(VOCAB),
+        tf.keras.layers.Embedding(VOCAB, EMBED), FastGRU(UNITS, return_sequences=True, stateful=True), tf.keras.layers.Dense(VOCAB),
     ])
     gen.set_weights(fast.get_weights())
     fast_calls.clear()  # building `pair` ran the fast path
@@ -177,5 +177,58 @@ def test_masked_and_stateful_calls_use_the_stock_path(fast_calls):
 def test_build_gru():
     assert type(build_gru(4, "keras")) is tf.keras.layers.GRU
     assert isinstance(build_gru(4, "fast"), FastGRU) and build_gru(4, "fast").return_sequences
-    with pytest.raises(ValueError, match=r"implementation='cudnn'.*'keras', 'fast'"):
+    with pytest.raises(ValueError, match=r"model\.gru=.cudnn.: allowed \[.fast., .keras.\]"):
         build_gru(4, "cudnn")
+
+
+def test_federated_round_matches_stock_in_tff(fast_calls):
+    """One FedAvg round in TFF's graph-mode client update (C++ worker): same server weights from the same start."""
+    import tensorflow_federated as tff
+
+    from fedlm import federated, model as model_lib, runtime
+    from tests.conftest import compose_config
+
+    seq = 7
+    rng = np.random.default_rng(4)
+    clients = [  # two clients: 3 and 2 batches, the last one smaller, as fedlm's client datasets
+        tf.data.Dataset.from_tensor_slices(tuple(rng.integers(0, model_lib.VOCAB_SIZE, (2, n, seq)).astype(np.int32)))
+        .batch(4) for n in (10, 6)
+    ]
+    start = model_lib.build_model(5, UNITS, "keras")
+    start.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in start.get_weights()])
+    initial = tff.learning.models.ModelWeights.from_model(start)
+    deltas = {}
+    with runtime.tff_context():
+        for impl in ("keras", "fast"):
+            fast_calls.clear()
+            model_fn = federated.build_model_fn(lambda impl=impl: model_lib.build_model(5, UNITS, impl), seq)
+            cfg = compose_config(["clients_per_round=2"])  # FedAvg weighted by examples, mean aggregation
+            process = federated.build_learning_process(
+                model_fn, tff.learning.optimizers.build_sgdm(0.5), tff.learning.optimizers.build_sgdm(1.0),
+                cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
+            )
+            assert bool(fast_calls) == (impl == "fast")  # the fast kernel was traced into the client update
+            state = process.set_model_weights(process.initialize(), initial)
+            result = process.next(state, clients)
+            assert result.metrics["client_work"]["train"]["num_examples"] == 16
+            new = process.get_model_weights(result.state).trainable
+            deltas[impl] = [np.asarray(n) - np.asarray(s) for n, s in zip(new, initial.trainable)]
+    assert all(np.abs(d).max() > 1e-3 for d in deltas["keras"])  # the round moved every weight
+    for got, want in zip(deltas["fast"], deltas["keras"]):
+        assert rel_err(got, want) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_fedlm_saves_fast_models_as_stock_keras(tmp_path):
+    """Pretrained cache and final model files hold a stock GRU: plain Keras loads them, no fedlm class needed."""
+    import h5py
+
+    from fedlm import model as model_lib
+
+    fast = model_lib.build_model(EMBED, UNITS, "fast")
+    x = tokens()
+    path = model_lib.save_model(fast, str(tmp_path / "m.h5"))
+    with h5py.File(path) as f:
+        assert "FastGRU" not in f.attrs["model_config"] and '"class_name": "GRU"' in f.attrs["model_config"]
+    reloaded = tf.keras.models.load_model(path, compile=False)
+    assert type(reloaded.layers[1]) is tf.keras.layers.GRU and rel_err(reloaded(x), fast(x)) < 1e-5
