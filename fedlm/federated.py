@@ -124,6 +124,12 @@ def build_aggregator(cfg: DictConfig, weighted: bool, clients_per_round: int) ->
     raise ValueError(f"aggregator={name!r}: allowed {[a.value for a in AggregatorName]}")
 
 
+# The client's local loop as a graph while-loop over a dataset iterator, not TFF's default `dataset.reduce`: the
+# same training, but in TFF's worker `reduce` runs the train step as a separate function call per batch
+# (measured on 2 cores: rounds ~25% faster for the default model; README, "Speed").
+CLIENT_LOOP = tff.learning.LoopImplementation.DATASET_ITERATOR
+
+
 def build_learning_process(
     model_fn: ModelFn,
     client_optimizer: tff.learning.optimizers.Optimizer,
@@ -144,6 +150,7 @@ def build_learning_process(
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
         model_aggregator=build_aggregator(aggregator, weighted, clients_per_round),
+        loop_implementation=CLIENT_LOOP,
     )
     if weighted:
         kwargs["client_weighting"] = tff.learning.ClientWeighting.NUM_EXAMPLES

@@ -17,10 +17,12 @@ def run(cfg: DictConfig) -> float:
     config_lib.validate(cfg)  # before TensorFlow is imported: bad input costs nothing
     from fedlm import data as data_lib
 
-    # Data: parsed without TensorFlow, so population checks also cost nothing.
-    text = data_lib.build_federated_text(data_lib.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
+    startup = runtime.Stopwatch()
+    # Data: parsed (or read from the cache) without TensorFlow, so population checks also cost nothing.
+    text = data_lib.load_federated_text(cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed, cfg.cache_dir)
     if cfg.data.name == config_lib.DataName.shakespeare:
         config_lib.check_population(cfg, list(text.train), len(text.test))
+    startup.lap("data")
 
     import mlflow
 
@@ -32,12 +34,16 @@ def run(cfg: DictConfig) -> float:
     from fedlm import checkpoint
 
     resume = checkpoint.find_run_to_resume(cfg) if cfg.resume is not False else None
+    import tensorflow  # noqa: F401  (here, to time it apart from the model)
+
+    startup.lap("imports")
     init_path, init = _starting_weights(cfg)
+    startup.lap("pretrained model")
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
     with run_dir.locked():
         if resume is None:
             checkpoint.check_fresh(run_dir)
-        return _train(cfg, text, init_path, init, run_dir, resume)
+        return _train(cfg, text, init_path, init, run_dir, resume, startup)
 
 
 def _starting_weights(cfg: DictConfig):
@@ -45,11 +51,12 @@ def _starting_weights(cfg: DictConfig):
     from fedlm import model as model_lib, model_init, pretrain
 
     init_path = pretrain.pretrained_model_path(cfg)
-    template = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
+    # Only its shapes count: no random initializers (a GRU(1024)'s orthogonal one alone takes ~0.8 s).
+    template = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, random_init=False)
     return init_path, model_init.load_initial_weights(init_path, template)
 
 
-def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> float:
+def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup: runtime.Stopwatch) -> float:
     import mlflow
     import tensorflow as tf
     from hydra.utils import instantiate
@@ -60,6 +67,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
+    startup.lap("imports")
 
     if cfg.data.name == config_lib.DataName.tff_shakespeare:
         train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
@@ -75,10 +83,14 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
     if text.empty_clients:
         print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
               f"{text.empty_clients[:20]}", flush=True)
+    startup.lap("client data")
 
     # Model: the pretrained start.
     def keras_model() -> tf.keras.Model:
-        return model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units)
+        # Every copy gets its weights from the start file or the server state, so no random initialization: TFF
+        # rebuilds the model for every client of every round, where a GRU(1024)'s initializers take ~0.8 s.
+        return model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, cfg.model.gru.value,
+                                     random_init=False)
 
     start_model = keras_model()
     start_model.set_weights(init.weights)
@@ -90,8 +102,9 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
     # Seed TF from here on whether or not pretraining just ran in this process (it seeds and draws too):
     # client shuffles then depend on `seed` alone, so reruns reproduce a run's metrics.
     tf.keras.utils.set_random_seed(cfg.seed)
+    startup.lap("pretrained model")
 
-    with runtime.tff_context():
+    with runtime.tff_context(runtime.concurrent_clients(cfg.runtime.max_concurrent_clients)):
         import tensorflow_federated as tff
 
         try:
@@ -108,13 +121,13 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
         initial = training.LatestState(
             federated.StartFrom(process, tff.learning.models.ModelWeights.from_model(start_model))
         )
+        startup.lap("TFF process")
+        make_client_dataset = preprocessing.build_client_dataset_fn(
+            train_data, cfg.seq_length, cfg.batch_size, cfg.shuffle_buffer, cfg.local_epochs, cfg.max_batches_per_client
+        )
 
         def client_dataset(cid: str, round_num: int) -> tf.data.Dataset:
-            return preprocessing.client_dataset(
-                train_data.create_tf_dataset_for_client(cid), cfg.seq_length, cfg.batch_size, cfg.shuffle_buffer,
-                seed=cfg.seed * 100_003 + round_num, local_epochs=cfg.local_epochs,
-                max_batches=cfg.max_batches_per_client,
-            )
+            return make_client_dataset(cid, cfg.seed * 100_003 + round_num)
 
         if cfg.sampling.name == config_lib.SamplingName.size_weighted and client_sizes is None:
             client_sizes = data_lib.client_sizes(train_data)
@@ -139,6 +152,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
             cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
             done_rounds=release.sampled_rounds(resume.run_id) if resume else (),
         )
+        startup.lap("eval data")
 
         config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
         config_flat = tracking.flatten(config_lib.to_container(cfg), sep=".")
@@ -172,6 +186,8 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume) -> floa
                 tracking.log_random_guess()
             release_managers = [metrics_manager, release.ProgressReleaseManager(cfg.rounds), samples_manager,
                                 training.DivergenceCheck()]
+            startup.lap("MLflow run")
+            print(startup.summary("startup"), flush=True)
             try:
                 state = training.train(
                     initial, select, cfg.rounds, evaluate, eval_input, cfg.eval_every, release_managers, checkpoints

@@ -10,7 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedlm.model import compile_for_eval
-from fedlm.preprocessing import eval_dataset
+from fedlm.preprocessing import clients_eval_dataset
 from fedlm.runtime import RunFailed, check_interrupted
 from fedlm.release import METRIC_NAMES
 from fedlm.tracking import flatten
@@ -42,14 +42,14 @@ def pick_eval_clients(client_ids: Sequence[str], num_clients: int, seed: int) ->
 def build_eval_data(test_data, num_clients: int, seed: int, seq_length: int, batch_size: int) -> tf.data.Dataset:
     """The eval clients' test splits as one large-batch dataset (the same every round), for Keras evaluation."""
     ids = pick_eval_clients(test_data.client_ids, num_clients, seed)
-    return eval_dataset([test_data.create_tf_dataset_for_client(cid) for cid in ids], seq_length, batch_size)
+    return clients_eval_dataset(test_data, ids, seq_length, batch_size)
 
 
 def build_eval_client_data(test_data, num_clients: int, seed: int, seq_length: int,
                            batch_size: int) -> list[tf.data.Dataset]:
     """The same eval clients' test splits, one dataset per client, for federated evaluation."""
     ids = pick_eval_clients(test_data.client_ids, num_clients, seed)
-    return [eval_dataset([test_data.create_tf_dataset_for_client(cid)], seq_length, batch_size) for cid in ids]
+    return [clients_eval_dataset(test_data, [cid], seq_length, batch_size) for cid in ids]
 
 
 def build_keras_evaluation(

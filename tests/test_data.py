@@ -51,3 +51,16 @@ def test_client_data_matches_tff_interface():
     got = [x["snippets"].numpy() for x in cd.create_tf_dataset_for_client("A_X")]
     assert got == [b"Hello", b"World"]
     assert list(cd.element_type_structure) == ["snippets"]
+
+
+def test_federated_text_cache_is_keyed_and_equal(plays, tmp_path, monkeypatch):
+    built = data.build_federated_text(plays, ["histories"], 0.2, seed=1)
+    first = data.load_federated_text(["histories"], 0.2, 1, str(tmp_path))  # builds and writes the cache
+    files = sorted((tmp_path / "data").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
+    monkeypatch.setattr(data, "load_plays", lambda: pytest.fail("parsed the plays again instead of the cache"))
+    again = data.load_federated_text(["histories"], 0.2, 1, str(tmp_path))  # reads it
+    assert first == again == built
+    monkeypatch.undo()
+    other = data.load_federated_text(["histories"], 0.2, 2, str(tmp_path))  # another seed: another file
+    assert other != first and len(list((tmp_path / "data").iterdir())) == 2

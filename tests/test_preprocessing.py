@@ -63,3 +63,58 @@ def test_generate_text_from_weights_and_rejects_unknown_prompt_chars():
     assert generate.generate_text(m, prompt="Hi ", length=30, seed=1) == text  # seeded
     with pytest.raises(ValueError, match="é"):
         generate.generate_text(m, prompt="café")
+
+
+def test_traced_client_datasets_equal_eager_ones():
+    """The once-traced builder gives each client the same batches, in the same order, as the eager pipeline."""
+    from fedlm import data
+
+    rng = np.random.default_rng(0)
+    chars = list("abcdefgh \n")
+    speeches = {cid: ["".join(rng.choice(chars, rng.integers(1, 60))) for _ in range(n)]
+                for cid, n in (("A", 9), ("B", 3), ("C", 1))}
+    client_data = data.to_client_data(speeches)
+    make = preprocessing.build_client_dataset_fn(client_data, 10, 3, 5, local_epochs=2, max_batches=7)
+    tf.random.set_seed(None)  # the eager pipeline's order depends on TF's global seed; the traced one does not
+    for cid in speeches:
+        for seed in (0, 12345):
+            eager = preprocessing.client_dataset(
+                client_data.create_tf_dataset_for_client(cid), 10, 3, 5, seed=seed, local_epochs=2, max_batches=7
+            )
+            got, want = list(make(cid, seed).as_numpy_iterator()), list(eager.as_numpy_iterator())
+            assert len(got) == len(want) > 0
+            for (gx, gy), (wx, wy) in zip(got, want):
+                np.testing.assert_array_equal(gx, wx)
+                np.testing.assert_array_equal(gy, wy)
+
+
+def test_traced_client_datasets_ignore_the_global_seed():
+    from fedlm import data
+
+    client_data = data.to_client_data({"A": [f"speech {i} " * 3 for i in range(30)]})
+    tf.random.set_seed(None)
+    make = preprocessing.build_client_dataset_fn(client_data, 10, 4, 50)
+    unseeded = [x for x, _ in make("A", 0).as_numpy_iterator()]
+    tf.random.set_seed(0)
+    try:
+        make = preprocessing.build_client_dataset_fn(client_data, 10, 4, 50)  # traced under a global seed
+        seeded = [x for x, _ in make("A", 0).as_numpy_iterator()]
+        other = [x for x, _ in make("A", 1).as_numpy_iterator()]
+    finally:
+        tf.random.set_seed(None)
+    np.testing.assert_array_equal(np.concatenate(seeded), np.concatenate(unseeded))
+    assert not np.array_equal(np.concatenate(other), np.concatenate(unseeded))  # the seed given does matter
+
+
+def test_clients_eval_dataset_equals_eval_dataset_of_the_clients():
+    from fedlm import data
+
+    speeches = {"A": ["abcdefghijkl", "mn"], "B": ["opq"], "C": ["rstuvwxyz"]}
+    client_data = data.to_client_data(speeches)
+    got = list(preprocessing.clients_eval_dataset(client_data, ["C", "A"], 4, 3).as_numpy_iterator())
+    want = list(preprocessing.eval_dataset(
+        [client_data.create_tf_dataset_for_client(c) for c in ("C", "A")], 4, 3).as_numpy_iterator())
+    assert len(got) == len(want) == 2 and sum(len(x) for x, _ in got) == 2 + 3  # each client's tail padded alone
+    for (gx, gy), (wx, wy) in zip(got, want):
+        np.testing.assert_array_equal(gx, wx)
+        np.testing.assert_array_equal(gy, wy)
