@@ -1,0 +1,28 @@
+"""`python -m fedlm.bench` runs end to end (tiny sizes; figures are printed, never asserted) and both paths agree."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_runs_both_paths_with_the_same_results(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedlm.bench", "--models", "tiny", "--rounds", "2", "--warmup", "1",
+         "--memory-rounds", "3", "seq_length=20", "max_batches_per_client=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "GRU 16 (model=tiny" in out and "RSS over 3 rounds" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("tutorial ", "fedlm "))]
+    assert [r[0] for r in rows] == ["tutorial", "fedlm"]
+    (run,) = mlflow.search_runs(experiment_names=["benchmarks"], output_format="list")
+    metrics = run.data.metrics
+    assert metrics["gru16_weight_diff"] < 1e-4  # the tutorial's path and fedlm's trained the same model
+    assert metrics["gru16_fedlm_round_s"] > 0 and metrics["gru16_tutorial_bare_s"] > 0
+    assert 0 < metrics["memory_rss_first_mb"] and "bench.txt" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
