@@ -5,7 +5,7 @@
     uv run python -m fedlm.bench --models tutorial clients_per_round=4   # + Hydra overrides of fedlm's config
 
 Per model size, two TFF federated-averaging processes run in the same process and the same TFF worker, so under
-the same thread settings and the same `runtime.max_concurrent_clients`, with their rounds interleaved (tutorial
+the same thread settings and the same number of clients at once (`runtime.max_concurrent_clients`), with their rounds interleaved (tutorial
 round r, fedlm round r, ...) so that background load hits both alike:
 - tutorial: the tutorial's path -- a stock `tf.keras.layers.GRU` model with Keras's initializers wrapped by
   `tff.learning.models.from_keras_model`, `tff.learning.algorithms.build_weighted_fed_avg` with TFF's defaults
@@ -289,18 +289,20 @@ def bench_memory(cfg, client_data, rounds: int, warmup: int = 5) -> dict[str, fl
             "rss_growth": rss[-1] / rss[0] - 1, "seconds_per_round": (time.perf_counter() - t0) / (warmup + rounds)}
 
 
+def concurrent_text(concurrent: int) -> str:
+    return "all clients at once" if concurrent < 0 else f"{concurrent} client{'s' if concurrent > 1 else ''} at once"
+
+
 def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None, settings: dict[str, Any]) -> str:
-    concurrent = settings["max_concurrent_clients"]
-    lines = [f"fedlm.bench on {os.cpu_count()} CPUs, TF's default threads; both paths: TFF "
-             f"max_concurrent_computation_calls {concurrent if concurrent > 0 else 'unlimited'}; "
-             f"TF large-matmul peak {settings['peak_gflops']:.0f} GFLOP/s"]
+    lines = [f"fedlm.bench on {os.cpu_count()} CPUs, TF's default threads, TF large-matmul peak "
+             f"{settings['peak_gflops']:.0f} GFLOP/s"]
     for res in results:
         floor_s = res["flops"] / (settings["peak_gflops"] * 1e9)
         lines += [
             "",
             f"{res['label']} (model={res['model']}, embedding {res['embedding_dim']}): {res['clients']} clients, "
-            f"{res['batches']} batches a round; load {res['load_min']:.1f}-{res['load_max']:.1f}; "
-            f"matmul floor {floor_s:.3f} s/round",
+            f"{res['batches']} batches a round, {concurrent_text(res['concurrent_clients'])} (both paths); "
+            f"load {res['load_min']:.1f}-{res['load_max']:.1f}; matmul floor {floor_s:.3f} s/round",
             f"{'path':<9} {'round s':>8} {'speedup':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'% floor':>8} "
             f"{'TFF overhead':>13} {'peak RSS MB':>12} {'RSS growth':>11} | {'datasets s':>10} {'no-data s':>10} "
             f"{'TFF step ms':>12} {'bare step ms':>13}",
@@ -336,7 +338,7 @@ def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) 
         for res in results:
             key = f"gru{res['units']}"
             metrics |= {f"{key}_speedup": res["speedup"], f"{key}_weight_diff": res["weight_diff"],
-                        f"{key}_load_max": res["load_max"]}
+                        f"{key}_load_max": res["load_max"], f"{key}_concurrent_clients": res["concurrent_clients"]}
             for name, p in res["paths"].items():
                 metrics |= {f"{key}_{name}_{k}": float(v) for k, v in p.items()}
         if memory:
@@ -381,18 +383,21 @@ def main(argv: list[str] | None = None) -> None:
 
     from fedlm import data as data_lib
 
-    settings = {"max_concurrent_clients": runtime.concurrent_clients(cfg0.runtime.max_concurrent_clients)}
-    settings |= {"peak_gflops": matmul_peak_gflops(), "overrides": " ".join(overrides), "rounds": rounds,
+    settings = {"peak_gflops": matmul_peak_gflops(), "overrides": " ".join(overrides), "rounds": rounds,
                  "warmup": args.warmup, "load_at_start": load_average()}
     print(f"fedlm.bench: models {models}, {rounds} timed rounds after {args.warmup} warm-up, overrides {overrides}; "
           f"load {settings['load_at_start']:.2f}", flush=True)
     text = data_lib.load_federated_text(cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir)
     client_data = data_lib.to_client_data(text.train)
     results, memory = [], None
-    with runtime.tff_context(settings["max_concurrent_clients"]):
-        for cfg in cfgs:
-            results.append(bench_size(cfg, text.train, client_data, rounds, args.warmup))
-        if memory_rounds:
+    for cfg in cfgs:  # a TFF worker per size: the default clients at once depends on the size
+        concurrent = runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)
+        with runtime.tff_context(concurrent):
+            results.append(bench_size(cfg, text.train, client_data, rounds, args.warmup)
+                           | {"concurrent_clients": concurrent})
+    if memory_rounds:
+        with runtime.tff_context(runtime.concurrent_clients(memory_cfg.runtime.max_concurrent_clients,
+                                                            memory_cfg.model.rnn_units)):
             memory = bench_memory(memory_cfg, client_data, memory_rounds)
     settings["peak_gflops"] = max(settings["peak_gflops"], matmul_peak_gflops())  # less hostage to a busy moment
     report = format_report(results, memory, settings)

@@ -216,7 +216,9 @@ class EvalConfig:
 class RuntimeConfig:
     """Speed only: results do not depend on it."""
 
-    max_concurrent_clients: Optional[int] = constrained(None, ge=0)  # null: one per CPU core; 0: no limit
+    # Clients TFF trains at once. null: one per CPU core, fewer if their GRU weights would not fit in the CPU's
+    # cache together (fedlm.runtime.concurrent_clients); 0: no limit (TFF's default).
+    max_concurrent_clients: Optional[int] = constrained(None, ge=0)
 
 
 @dataclass

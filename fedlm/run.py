@@ -104,7 +104,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
     tf.keras.utils.set_random_seed(cfg.seed)
     startup.lap("pretrained model")
 
-    with runtime.tff_context(runtime.concurrent_clients(cfg.runtime.max_concurrent_clients)):
+    with runtime.tff_context(runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)):
         import tensorflow_federated as tff
 
         try:

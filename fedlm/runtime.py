@@ -131,14 +131,35 @@ def check_interrupted() -> None:
         raise Interrupted(128 + _pending[0])
 
 
-def concurrent_clients(setting: int | None) -> int:
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's largest cache (Linux sysfs), or None if unknown."""
+    sizes = {}
+    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+        try:
+            level = int(open(os.path.join(index, "level")).read())
+            size = open(os.path.join(index, "size")).read().strip()
+        except (OSError, ValueError):
+            continue
+        units = {"K": 2**10, "M": 2**20, "G": 2**30}
+        sizes[level] = int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    return sizes[max(sizes)] if sizes else None
+
+
+def concurrent_clients(setting: int | None, rnn_units: int) -> int:
     """`runtime.max_concurrent_clients` -> TFF's `max_concurrent_computation_calls` (-1 = no limit).
 
-    null = one client per CPU core. TFF's default, no limit, trains all of a round's clients at once in its worker;
-    on 2 cores that was ~40% slower (10 clients of the default model) than two at a time."""
-    if setting is None:
-        return os.cpu_count() or 1
-    return setting if setting > 0 else -1
+    null: one client per CPU core, but no more than fit their GRU recurrent kernels (and the transposed copy the
+    backward pass reads, 2 x 12 x H^2 bytes a client) in the last-level cache together, and at least one. Measured
+    on 2 cores with a 32 MB cache: GRU 256, 10 clients a round: two at a time 32% faster than TFF's default (all
+    at once) and one at a time 36% slower than two; GRU 1024 (25 MB a client): one at a time 16% faster than two.
+    """
+    if setting is not None:
+        return setting if setting > 0 else -1
+    cores = os.cpu_count() or 1
+    cache = last_level_cache_bytes()
+    if cache is None:
+        return cores
+    return max(1, min(cores, cache // (2 * 12 * rnn_units**2)))
 
 
 @contextlib.contextmanager
