@@ -1,12 +1,13 @@
 """`python -m fedlm.bench`: the TFF tutorial's federated rounds against fedlm's, back to back on the same CPU.
 
-    uv run python -m fedlm.bench                       # GRU 256 and GRU 1024, then RSS over 200 rounds (~5 min)
-    uv run python -m fedlm.bench --quick               # GRU 256 only, 5 rounds, RSS over 50 rounds (~1 min)
+    uv run python -m fedlm.bench                       # GRU 256 and GRU 1024, then RSS over 200 rounds (~3 min)
+    uv run python -m fedlm.bench --quick               # GRU 256 only, then RSS over 50 rounds (~1 min)
     uv run python -m fedlm.bench --models tutorial clients_per_round=4   # + Hydra overrides of fedlm's config
 
-Per model size, two TFF federated-averaging processes run in the same process and the same TFF worker, so under
-the same thread settings and the same number of clients at once (`runtime.max_concurrent_clients`), with their rounds interleaved (tutorial
-round r, fedlm round r, ...) so that background load hits both alike:
+Per model size, two TFF federated-averaging processes run in the same process, each in a TFF worker of its own
+(TFF's defaults for the tutorial's, fedlm's `runtime.max_concurrent_clients` for fedlm's; both under the same
+TensorFlow thread settings), with their rounds interleaved (tutorial round r, fedlm round r, ...) so that
+background load hits both alike:
 - tutorial: the tutorial's path -- a stock `tf.keras.layers.GRU` model with Keras's initializers wrapped by
   `tff.learning.models.from_keras_model`, `tff.learning.algorithms.build_weighted_fed_avg` with TFF's defaults
   (a `dataset.reduce` client loop), client datasets built eagerly per client and round (`preprocess(
@@ -27,7 +28,7 @@ Printed per model size and path (medians over the timed rounds; warm-up rounds e
   the round is from the time its matmuls alone would take;
 - TFF overhead: round s / the sum of the bare client steps (the same batches, each a `tf.function` step --
   forward, masked loss, gradient, SGD -- in this process, outside TFF);
-- peak RSS and RSS growth over the timed rounds (this process + TFF's worker);
+- peak RSS and RSS growth over the timed rounds (this process + the path's TFF worker);
 and where a round's time goes: building its client datasets (datasets s); the same round with empty client
 datasets (no-data s: sending the state to TFF's worker and back, building and initializing each client's model,
 aggregating); what is left, per batch (TFF step ms), against the bare step (bare step ms).
@@ -39,6 +40,7 @@ per round). Everything also goes to MLflow (experiment `benchmarks`, unless `--n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import statistics
@@ -63,13 +65,21 @@ def load_average() -> float:
     return float(open("/proc/loadavg").read().split()[0])
 
 
-def rss_mb() -> float:
-    """Resident memory of this process and its children (TFF's worker), MB."""
+def child_pids() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def rss_mb(children: set[int] | None = None) -> float:
+    """Resident memory of this process and of its child processes (TFF's workers; only `children` if given), MB."""
     import psutil
 
     me = psutil.Process()
     total = me.memory_info().rss
     for child in me.children(recursive=True):
+        if children is not None and child.pid not in children:
+            continue
         try:
             total += child.memory_info().rss
         except psutil.NoSuchProcess:
@@ -113,10 +123,19 @@ class Side:
     fixed_s: list[float] = dataclasses.field(default_factory=list)
     rss: list[float] = dataclasses.field(default_factory=list)
     losses: list[float] = dataclasses.field(default_factory=list)
+    context: Any = None  # its TFF execution context; None: the default one
+    workers: set[int] = dataclasses.field(default_factory=set)  # the TFF worker processes it started
+
+    def tff(self):
+        """Where this side's TFF computations run."""
+        import tensorflow_federated as tff
+
+        return tff.framework.get_context_stack().install(self.context) if self.context else contextlib.nullcontext()
 
 
-def build_side(name: str, cfg, client_data, start) -> Side:
-    """name "tutorial": the tutorial's path; "fedlm": fedlm's (see the module docstring)."""
+def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
+    """name "tutorial": the tutorial's path; "fedlm": fedlm's (see the module docstring); `context`: the TFF
+    execution context it runs in (None: the default)."""
     import tensorflow as tf
     import tensorflow_federated as tff
     from hydra.utils import instantiate
@@ -135,7 +154,11 @@ def build_side(name: str, cfg, client_data, start) -> Side:
             model_fn, client_optimizer, server_optimizer, cfg.client_weighting, cfg.algorithm, cfg.aggregator,
             cfg.clients_per_round,
         )
-    state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(start))
+    side = Side(name, process, None, lambda cids, seed: [], lambda x, y: None, context=context)
+    before = child_pids()
+    with side.tff():  # the first call starts the context's worker
+        side.state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(start))
+    side.workers = child_pids() - before
     shape = (cfg.seq_length, cfg.batch_size, cfg.shuffle_buffer)
     if tutorial:  # the tutorial: preprocess(client_data.create_tf_dataset_for_client(id)) per client
         def datasets(cids: list[str], seed: int) -> list:
@@ -161,7 +184,8 @@ def build_side(name: str, cfg, client_data, start) -> Side:
         optimizer.apply_gradients(zip(tape.gradient(loss, bare.trainable_variables), bare.trainable_variables))
         return loss
 
-    return Side(name, process, state, datasets, bare_step)
+    side.datasets, side.bare_step = datasets, bare_step
+    return side
 
 
 def eligible_clients(text_train: dict[str, list[str]], cfg) -> list[str]:
@@ -182,8 +206,11 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
     start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
     tf.random.set_seed(None)  # the tutorial's eager datasets shuffle by TF's global seed too: as in a fresh process
     t0 = time.perf_counter()
+    # The tutorial's side in a context of its own with TFF's defaults (all of a round's clients at once); fedlm's
+    # in the default context, installed by the caller with fedlm's `runtime.max_concurrent_clients`.
+    tutorial_context = tff.backends.native.create_sync_local_cpp_execution_context()
     sides = [
-        build_side("tutorial", cfg, client_data, start),
+        build_side("tutorial", cfg, client_data, start, tutorial_context),
         build_side("fedlm", cfg, client_data, start),
     ]
     build_s = time.perf_counter() - t0
@@ -201,7 +228,8 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
             t0 = time.perf_counter()
             datasets = side.datasets(cids, seed)
             t1 = time.perf_counter()
-            out = side.process.next(side.state, datasets)
+            with side.tff():
+                out = side.process.next(side.state, datasets)
             t2 = time.perf_counter()
             side.state = out.state
             side.losses.append(float(out.metrics["client_work"]["train"]["loss"]))
@@ -209,7 +237,7 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
             if r >= warmup:
                 side.round_s.append(t2 - t0)
                 side.dataset_s.append(t1 - t0)
-                side.rss.append(rss_mb())
+                side.rss.append(rss_mb(side.workers))
         if r >= warmup:  # the same batches as bare steps, outside TFF
             batches = [(tf.constant(x), tf.constant(y)) for ds in datasets for x, y in ds.as_numpy_iterator()]
             for side in sides:
@@ -229,7 +257,8 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
         cids = sample(r, cfg.clients_per_round)
         for side in sides:
             t0 = time.perf_counter()
-            side.process.next(side.state, [ds.take(0) for ds in side.datasets(cids, r)])  # result dropped
+            with side.tff():
+                side.process.next(side.state, [ds.take(0) for ds in side.datasets(cids, r)])  # result dropped
             side.fixed_s.append(time.perf_counter() - t0)
 
     n_batches = len(batches)
@@ -237,8 +266,10 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
     flops = n_batches * step_flops(cfg.model.embedding_dim, cfg.model.rnn_units, model_lib.VOCAB_SIZE,
                                    cfg.batch_size, cfg.seq_length)
     start_w = [np.asarray(w) for w in tff.learning.models.ModelWeights.from_model(start).trainable]
-    updates = {s.name: [np.asarray(w) - w0 for w, w0 in zip(s.process.get_model_weights(s.state).trainable, start_w)]
-               for s in sides}
+    updates = {}
+    for s in sides:
+        with s.tff():
+            updates[s.name] = [np.asarray(w) - w0 for w, w0 in zip(s.process.get_model_weights(s.state).trainable, start_w)]
     scale = max(float(np.abs(u).max()) for u in updates["tutorial"])
     weight_diff = max(float(np.abs(f - t).max()) for f, t in zip(updates["fedlm"], updates["tutorial"])) / scale
     loss_diff = max(abs(a - b) for a, b in zip(sides[0].losses, sides[1].losses))
@@ -301,7 +332,8 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
         lines += [
             "",
             f"{res['label']} (model={res['model']}, embedding {res['embedding_dim']}): {res['clients']} clients, "
-            f"{res['batches']} batches a round, {concurrent_text(res['concurrent_clients'])} (both paths); "
+            f"{res['batches']} batches a round; fedlm: {concurrent_text(res['concurrent_clients'])}, tutorial: all "
+            f"at once (TFF's default); "
             f"load {res['load_min']:.1f}-{res['load_max']:.1f}; matmul floor {floor_s:.3f} s/round",
             f"{'path':<9} {'round s':>8} {'speedup':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'% floor':>8} "
             f"{'TFF overhead':>13} {'peak RSS MB':>12} {'RSS growth':>11} | {'datasets s':>10} {'no-data s':>10} "
