@@ -358,7 +358,11 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
 
 
 def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) -> None:
+    import logging
+
     import mlflow
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # as conf/config.yaml does for runs
 
     from fedlm import tracking
 

@@ -50,7 +50,9 @@ def client_dataset(
     table: tf.lookup.StaticHashTable | None = None,
 ) -> tf.data.Dataset:
     """A client's training data: shuffled batches (the last one may be smaller), repeated for local epochs."""
-    ds = to_sequences(snippets, seq_length, table).cache()
+    # No `.cache()`: the dataset is built anew every round and `take` stops it early, so a cache would be thrown
+    # away (with a TF warning per client) and re-parsing a client's snippets per local epoch costs next to nothing.
+    ds = to_sequences(snippets, seq_length, table)
     ds = ds.shuffle(shuffle_buffer, seed=seed).batch(batch_size).repeat(local_epochs)
     return ds.take(max_batches) if max_batches else ds
 
