@@ -87,13 +87,20 @@ class RunFailed(RuntimeError):
 
 
 class Stopwatch:
-    """Named laps since the process started (so interpreter start, Hydra and imports count too)."""
+    """Named laps since the process started (so interpreter start, Hydra and imports count too) -- or, for the
+    later jobs of a multirun in the same process, since the job started."""
+
+    _process_start_counted = False
 
     def __init__(self) -> None:
-        self._start = psutil.Process().create_time()
-        self._last = self._start
-        self.laps: dict[str, float] = {"python + hydra": time.time() - self._start}
-        self._last = time.time()
+        now = time.time()
+        if Stopwatch._process_start_counted:
+            self._start, self.laps = now, {}
+        else:
+            Stopwatch._process_start_counted = True
+            self._start = psutil.Process().create_time()
+            self.laps: dict[str, float] = {"python + hydra": now - self._start}
+        self._last = now
 
     def lap(self, name: str) -> None:
         now = time.time()

@@ -1,9 +1,15 @@
-"""How many clients TFF trains at once by default."""
+"""How many clients TFF trains at once by default; what the startup line counts."""
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fedlm import runtime
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("cache_mb, cores, units, want", [
@@ -27,3 +33,11 @@ def test_explicit_setting_wins_and_zero_means_no_limit():
 def test_last_level_cache_is_read_or_unknown():
     size = runtime.last_level_cache_bytes()
     assert size is None or size >= 2**16
+
+
+def test_startup_counts_the_process_start_once_then_each_job_from_its_own_start():
+    """A multirun's later jobs share the process: their startup line must not include the earlier jobs."""
+    code = ("from fedlm import runtime; first, later = runtime.Stopwatch(), runtime.Stopwatch(); later.lap('data'); "
+            "print(sorted(first.laps), sorted(later.laps))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "['python + hydra'] ['data']"
