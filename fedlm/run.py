@@ -1,7 +1,9 @@
 """`python -m fedlm.run [key=value ...]`: compose the config, then data and model -> process -> loop -> MLflow."""
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Iterator
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -62,27 +64,14 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
     from hydra.utils import instantiate
 
     from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, plots, preflight
-    from fedlm import preprocessing, release, sampling, sweep, tracking, training
+    from fedlm import preprocessing, release, sampling, sweep, training
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     overrides = list(hydra_cfg.overrides.task)
     startup.lap("imports")
 
-    if cfg.data.name == config_lib.DataName.tff_shakespeare:
-        train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
-        config_lib.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
-        client_sizes = None
-    else:
-        train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
-        client_sizes = text.client_sizes()
-    oov = text.oov_characters()
-    if oov:
-        print(f"data: {sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from loss "
-              f"and accuracy: {dict(oov.most_common())}", flush=True)
-    if text.empty_clients:
-        print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
-              f"{text.empty_clients[:20]}", flush=True)
+    train_data, test_data, client_sizes = _client_data(cfg, text)
     startup.lap("client data")
 
     # Model: the pretrained start.
@@ -154,36 +143,15 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
         )
         startup.lap("eval data")
 
-        config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-        config_flat = tracking.flatten(config_lib.to_container(cfg), sep=".")
-        if resume:
-            active_run = mlflow.start_run(run_id=resume.run_id)
-        else:
-            sweep_dir = sweep.sweep_dir(hydra_cfg) if multirun else None
-            active_run = tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
-        with active_run as active:
-            run_id = active.info.run_id
-            if resume:
-                print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
-                      f"(checkpoints in {run_dir.checkpoints})", flush=True)
-                previous = active.data.tags.get("fedlm.resumed_after_rounds")
-                mlflow.set_tag("fedlm.resumed_after_rounds", ",".join(filter(None, [previous, str(resume.round)])))
-                params = active.data.params  # a run killed before logging them gets them now; never changed
-                tracking.log_config({k: v for k, v in config_flat.items() if k not in params}, config_yaml)
-                metrics_manager.latest.update(active.data.metrics)  # the final eval may be from before the stop
-            else:
-                print(f"MLflow run {run_id} in {mlflow.get_tracking_uri()}", flush=True)
-                mlflow.set_tag(checkpoint.RUN_DIR_TAG, str(run_dir.path))
-                run_dir.record_start(config_yaml, run_id)
-                tracking.log_config(config_flat, config_yaml)
+        with _open_mlflow_run(cfg, resume, run_dir, overrides, sweep.sweep_dir(hydra_cfg) if multirun else None,
+                              metrics_manager) as run_id:
             mlflow.log_dict({r: sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
             stats = text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))}
             mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
-            mlflow.set_tags({"fedlm.model_init": init_path, "fedlm.data_oov_distinct": "".join(sorted(oov))})
+            oov = "".join(sorted(text.oov_characters()))
+            mlflow.set_tags({"fedlm.model_init": init_path, "fedlm.data_oov_distinct": oov})
             if init.notes:
                 mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
-            if not resume:
-                tracking.log_random_guess()
             release_managers = [metrics_manager, release.ProgressReleaseManager(cfg.rounds), samples_manager,
                                 training.DivergenceCheck()]
             startup.lap("MLflow run")
@@ -203,6 +171,62 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
             print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
                   f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)
     return float(final["eval_loss"])
+
+
+def _client_data(cfg: DictConfig, text):
+    """Train and test `ClientData` of `data.name` (and client sizes where known), the population checked; what
+    the data holds that training will not use is said."""
+    from fedlm import data as data_lib
+
+    if cfg.data.name == config_lib.DataName.tff_shakespeare:
+        train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
+        config_lib.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
+        client_sizes = None
+    else:
+        train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
+        client_sizes = text.client_sizes()
+    oov = text.oov_characters()
+    if oov:
+        print(f"data: {sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from loss "
+              f"and accuracy: {dict(oov.most_common())}", flush=True)
+    if text.empty_clients:
+        print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
+              f"{text.empty_clients[:20]}", flush=True)
+    return train_data, test_data, client_sizes
+
+
+@contextlib.contextmanager
+def _open_mlflow_run(cfg: DictConfig, resume, run_dir, overrides: list[str], sweep_dir: str | None,
+                     metrics_manager) -> Iterator[str]:
+    """The run's MLflow run, with its config logged: a new one (a sweep's child in a multirun) or, resuming, the
+    interrupted one, whose logged params are kept and whose last metrics the final summary may need. Its id."""
+    import mlflow
+
+    from fedlm import checkpoint, tracking
+
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    config_flat = tracking.flatten(config_lib.to_container(cfg), sep=".")
+    if resume:
+        active_run = mlflow.start_run(run_id=resume.run_id)
+    else:
+        active_run = tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
+    with active_run as active:
+        run_id = active.info.run_id
+        if resume:
+            print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
+                  f"(checkpoints in {run_dir.checkpoints})", flush=True)
+            previous = active.data.tags.get("fedlm.resumed_after_rounds")
+            mlflow.set_tag("fedlm.resumed_after_rounds", ",".join(filter(None, [previous, str(resume.round)])))
+            params = active.data.params  # a run killed before logging them gets them now; never changed
+            tracking.log_config({k: v for k, v in config_flat.items() if k not in params}, config_yaml)
+            metrics_manager.latest.update(active.data.metrics)  # the final eval may be from before the stop
+        else:
+            print(f"MLflow run {run_id} in {mlflow.get_tracking_uri()}", flush=True)
+            mlflow.set_tag(checkpoint.RUN_DIR_TAG, str(run_dir.path))
+            run_dir.record_start(config_yaml, run_id)
+            tracking.log_config(config_flat, config_yaml)
+            tracking.log_random_guess()
+        yield run_id
 
 
 def _keep_last_round(checkpoints, error: BaseException, run_id: str, run_dir, overrides: list[str]) -> None:
