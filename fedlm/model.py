@@ -1,7 +1,10 @@
 """The tutorial's char-RNN (Embedding -> GRU -> Dense logits), its masked loss and accuracy, and weight hand-off."""
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from typing import Iterator
 
 import tensorflow as tf
 
@@ -108,5 +111,15 @@ def compile_for_eval(model: tf.keras.Model) -> tf.keras.Model:
 def save_model(model: tf.keras.Model, path: str) -> str:
     """Stock Keras file (FastGRU saved as GRU) without optimizer, as the tutorial's published models."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tf.keras.models.save_model(to_stock_keras(model), path, include_optimizer=False)
+    with quiet_hdf5_notice():
+        tf.keras.models.save_model(to_stock_keras(model), path, include_optimizer=False)
     return path
+
+
+@contextlib.contextmanager
+def quiet_hdf5_notice() -> Iterator[None]:
+    """HDF5 is chosen on purpose (the tutorial's format, loadable by any Keras 2): Keras's "legacy format" notice
+    would be printed at the end of every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
+        yield
