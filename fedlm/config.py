@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import math
 import operator
 import os
 from dataclasses import dataclass, field

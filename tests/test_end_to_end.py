@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import mlflow
 import numpy as np
-import pytest
 
 from tests.conftest import TINY, compose_config, run_fedlm
 
