@@ -6,6 +6,7 @@ model (or `mlflow.pyfunc.load_model(...).predict(ids)` for logits).
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import mlflow
@@ -17,6 +18,10 @@ from mlflow.types import Schema, TensorSpec
 from fedlm import model as model_lib
 from fedlm.generate import KERAS_MODEL_TAG
 from fedlm.vocab import VOCAB_SIZE
+
+# uv's environments have no pip: MLflow would say so at the end of every run. (Set here, after MLflow's import-time
+# logging set-up, which resets its child loggers' levels.)
+logging.getLogger("mlflow.utils.environment").setLevel(logging.ERROR)
 
 KERAS_FILE = "final_model.h5"
 KERAS_ARTIFACT_DIR = "model"
