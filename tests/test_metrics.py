@@ -1,12 +1,10 @@
 """Language-model metrics: per-character cross-entropy, OOV rate, counts; Keras vs federated evaluation."""
 from __future__ import annotations
 
-import collections
 import math
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from fedlm import metrics, model, preprocessing, vocab
 
@@ -53,14 +51,15 @@ def test_random_guess_baseline_is_the_tutorials():
 def test_federated_evaluation_measures_what_keras_evaluation_measures():
     """eval.mode=federated (build_fed_eval over per-client datasets) vs the Keras evaluation of the same clients:
     the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared."""
-    from fedlm import federated, runtime, training
+    from fedlm import data, federated, runtime, training
 
     texts = ["Now is the winter of our discontent", "Made glorious summer by this sun of York; é",
              "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried."]
-    snippets = [tf.data.Dataset.from_tensor_slices(collections.OrderedDict(snippets=[t, t[::-1]])) for t in texts]
+    test_data = data.to_client_data({f"C{i}": [t, t[::-1]] for i, t in enumerate(texts)})
+    ids = [f"C{i}" for i in range(len(texts))]
     seq_length, batch = 10, 3
-    keras_data = preprocessing.eval_dataset(snippets, seq_length, batch)
-    client_data = [preprocessing.eval_dataset([s], seq_length, batch) for s in snippets]
+    keras_data = preprocessing.clients_eval_dataset(test_data, ids, seq_length, batch)
+    client_data = [preprocessing.clients_eval_dataset(test_data, [cid], seq_length, batch) for cid in ids]
 
     def keras_model():
         return model.build_model(4, 8)

@@ -106,14 +106,14 @@ def test_traced_client_datasets_ignore_the_global_seed():
     assert not np.array_equal(np.concatenate(other), np.concatenate(unseeded))  # the seed given does matter
 
 
-def test_clients_eval_dataset_equals_eval_dataset_of_the_clients():
+def test_clients_eval_dataset_is_the_clients_sequences_one_after_the_other():
     from fedlm import data
 
     speeches = {"A": ["abcdefghijkl", "mn"], "B": ["opq"], "C": ["rstuvwxyz"]}
     client_data = data.to_client_data(speeches)
     got = list(preprocessing.clients_eval_dataset(client_data, ["C", "A"], 4, 3).as_numpy_iterator())
-    want = list(preprocessing.eval_dataset(
-        [client_data.create_tf_dataset_for_client(c) for c in ("C", "A")], 4, 3).as_numpy_iterator())
+    c, a = (preprocessing.to_sequences(client_data.create_tf_dataset_for_client(cid), 4) for cid in ("C", "A"))
+    want = list(c.concatenate(a).batch(3).as_numpy_iterator())  # the clients' sequences one after the other
     assert len(got) == len(want) == 2 and sum(len(x) for x, _ in got) == 2 + 3  # each client's tail padded alone
     for (gx, gy), (wx, wy) in zip(got, want):
         np.testing.assert_array_equal(gx, wx)
