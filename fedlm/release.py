@@ -66,12 +66,15 @@ def logged_steps(run_id: str) -> dict[str, set[int]]:
 
 
 class ProgressReleaseManager(tff.program.ReleaseManager):
-    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA."""
+    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA. The evaluation
+    after a last round off the `eval_every` schedule comes as a second release of that round: its line says so and
+    has no timing (the round's time was already given)."""
 
     def __init__(self, total_rounds: int):
         self._total = total_rounds
         self._t0: float | None = None
         self._k0 = 0
+        self._last_key: int | None = None
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
@@ -80,11 +83,14 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
                          ("evaluation/loss", "eval_loss"), ("evaluation/accuracy", "eval_acc")):
             if k in flat:
                 parts.append(f"{label} {float(flat[k]):.4f}")
-        if self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)
+        if key == self._last_key:
+            parts.append("(final evaluation)")
+        elif self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)
             self._t0, self._k0 = time.monotonic(), key
         elif key > self._k0:
             per_round = (time.monotonic() - self._t0) / (key - self._k0)
             parts.append(f"{per_round:.1f}s/round  ETA {per_round * (self._total - key):.0f}s")
+        self._last_key = key
         print("  ".join(parts), flush=True)
 
 

@@ -175,3 +175,17 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
         server.wait(timeout=30)
     left = session_processes(server.pid, grace=30.0)  # uvicorn's worker exits just after its parent
     assert not left, f"server processes left: {[p.cmdline() for p in left]}"
+
+
+def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
+    """rounds=1 eval_every=5: round 1 trains, then the loop evaluates it once more; that is no second round."""
+    import asyncio
+
+    progress = release.ProgressReleaseManager(total_rounds=1)
+    for value, key in (({"evaluation/loss": 1.9}, 0), ({"client_work/train/loss": 1.8}, 1),
+                       ({"evaluation/loss": 1.7}, 1)):
+        asyncio.run(progress.release(value, key))
+    start, trained, final = capsys.readouterr().out.splitlines()
+    assert start.startswith("round 0/1") and "eval_loss 1.9000" in start
+    assert trained.startswith("round 1/1") and "s/round" in trained and "final" not in trained
+    assert final == "round 1/1  eval_loss 1.7000  (final evaluation)"
