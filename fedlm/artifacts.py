@@ -47,7 +47,7 @@ def log_final_model(model: tf.keras.Model, out_dir: str, registered_model_name: 
     path = model_lib.save_model(model, os.path.join(out_dir, KERAS_FILE))
     mlflow.log_artifact(path, KERAS_ARTIFACT_DIR)
     mlflow.set_tag(KERAS_MODEL_TAG, f"{KERAS_ARTIFACT_DIR}/{KERAS_FILE}")  # what fedlm.generate looks for
-    with model_lib.quiet_hdf5_notice():
+    with model_lib.quiet_save_notices():
         mlflow.tensorflow.log_model(
             model, name=LOGGED_MODEL_NAME, signature=SIGNATURE, registered_model_name=registered_model_name,
             # Given, not inferred: inference re-imports the model in a subprocess (~25 s here) to list packages.

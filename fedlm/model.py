@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import warnings
 from typing import Iterator
@@ -111,15 +112,31 @@ def compile_for_eval(model: tf.keras.Model) -> tf.keras.Model:
 def save_model(model: tf.keras.Model, path: str) -> str:
     """Stock Keras file (FastGRU saved as GRU) without optimizer, as the tutorial's published models."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with quiet_hdf5_notice():
+    with quiet_save_notices():
         tf.keras.models.save_model(to_stock_keras(model), path, include_optimizer=False)
     return path
 
 
 @contextlib.contextmanager
-def quiet_hdf5_notice() -> Iterator[None]:
-    """HDF5 is chosen on purpose (the tutorial's format, loadable by any Keras 2): Keras's "legacy format" notice
-    would be printed at the end of every run."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
-        yield
+def quiet_save_notices() -> Iterator[None]:
+    """Saving prints two notices that do not apply: Keras's HDF5 "legacy format" warning (HDF5 is chosen on
+    purpose: the tutorial's format, loadable by any Keras 2), and "compiled metrics have yet to be built" (Keras
+    tries to build the metrics of the model being saved; fedlm saves uncompiled copies)."""
+    tf_logger = tf.get_logger()
+    not_built = _DropMessage("the compiled metrics have yet to be built")
+    tf_logger.addFilter(not_built)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file", category=UserWarning)
+            yield
+    finally:
+        tf_logger.removeFilter(not_built)
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str):
+        super().__init__()
+        self._fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self._fragment not in record.getMessage()
