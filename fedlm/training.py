@@ -142,7 +142,7 @@ def train(
     eval_data: Any,
     eval_every: int,
     release_managers: Sequence[tff.program.ReleaseManager],
-    checkpoints: RoundCheckpoints | None = None,
+    checkpoints: RoundCheckpoints,
 ) -> Any:
     """Round 0 evaluates the starting model; eval every `eval_every` rounds and always after the last round.
 
@@ -160,10 +160,11 @@ def train(
         rounds_per_saving_program_state=1,  # RoundCheckpoints decides which rounds go to disk
         metrics_managers=release_managers,
     )
+    if isinstance(process, LatestState):  # resumed with no round left to run: the loop never called `next`
+        process.state = state
     if rounds % eval_every:  # the loop evaluated only on multiples of eval_every
         metrics = {f"evaluation/{k}": v for k, v in evaluate(state, eval_data).items()}
         loop = asyncio.get_event_loop()
         loop.run_until_complete(asyncio.gather(*[m.release(metrics, key=rounds) for m in release_managers]))
-    if checkpoints is not None:
-        checkpoints.save_pending()
+    checkpoints.save_pending()
     return state
