@@ -138,10 +138,10 @@ def check_interrupted() -> None:
         raise Interrupted(128 + _pending[0])
 
 
-def last_level_cache_bytes() -> int | None:
+def last_level_cache_bytes(sysfs_cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
     """Size of the CPU's largest cache (Linux sysfs), or None if unknown."""
     sizes = {}
-    for index in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*"):
+    for index in glob.glob(os.path.join(sysfs_cache_dir, "index*")):
         try:
             level = int(open(os.path.join(index, "level")).read())
             size = open(os.path.join(index, "size")).read().strip()

@@ -29,9 +29,14 @@ def test_split_is_disjoint_deterministic_and_keeps_small_clients(plays):
     b = data.build_federated_text(plays, ["histories"], 0.2, seed=1)
     c = data.build_federated_text(plays, ["histories"], 0.2, seed=2)
     assert a.test == b.test and a.test != c.test
-    for cid, test in a.test.items():
-        train = collections.Counter(a.train[cid])
-        assert train and not (set(test) - set(a.test[cid]))
+    by_client = collections.defaultdict(list)
+    for p in plays:
+        if p.genre != "histories":
+            for role, speech in p.speeches:
+                by_client[data.client_id(p.title, role)].append(speech)
+    for cid, test in a.test.items():  # each speech of a client in its train or its test split, once
+        assert a.train[cid] and collections.Counter(a.train[cid]) + collections.Counter(test) == collections.Counter(
+            s for s in by_client[cid] if s)
     # every speech lands exactly once: train + test == all speeches of the federated plays
     n_all = sum(len(p.speeches) for p in plays if p.genre != "histories")
     assert sum(map(len, a.train.values())) + sum(map(len, a.test.values())) == n_all

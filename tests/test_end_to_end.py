@@ -11,10 +11,10 @@ def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[in
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def test_run_logs_rounds_params_and_artifacts(tiny_run):
+def test_run_logs_rounds_params_and_artifacts(tiny_run, tiny_run_id):
     assert "round 2/2" in tiny_run.stdout and "ETA" in tiny_run.stdout
     client = mlflow.MlflowClient()
-    (run,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    run = mlflow.get_run(tiny_run_id)
     assert run.info.status == "FINISHED"
     for key in ("eval_loss", "eval_accuracy"):
         assert sorted(_metric_steps(client, run.info.run_id, key)) == [0, 1, 2]
@@ -27,7 +27,7 @@ def test_run_logs_rounds_params_and_artifacts(tiny_run):
     assert {"config.yaml", "model", "samples", "plots", "sampled_clients.json"} <= artifacts
 
 
-def test_step0_eval_equals_the_starting_model(tiny_run):
+def test_step0_eval_equals_the_starting_model(tiny_run_id):
     """Round 0 is the pretrained model evaluated directly: the weights went into TFF's state intact."""
     import tensorflow as tf
 
@@ -40,18 +40,18 @@ def test_step0_eval_equals_the_starting_model(tiny_run):
     )
     start = model.compile_for_eval(tf.keras.models.load_model(pretrain.cache_path(cfg), compile=False))
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
-    (run,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    run = mlflow.get_run(tiny_run_id)
     logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "eval_loss")
     np.testing.assert_allclose(logged[0], direct["loss"], rtol=1e-5)
     assert logged[2] != logged[0]  # and training then moved it
 
 
-def test_final_model_is_the_trained_one(tiny_run):
+def test_final_model_is_the_trained_one(tiny_run_id):
     import tensorflow as tf
 
     from fedlm import pretrain
 
-    (run,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    run = mlflow.get_run(tiny_run_id)
     path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/final_model.h5")
     final = tf.keras.models.load_model(path, compile=False).get_weights()
     start = tf.keras.models.load_model(pretrain.cache_path(compose_config(TINY)), compile=False).get_weights()
@@ -64,12 +64,12 @@ def test_bad_value_fails_before_training(tmp_path):
     assert "rounds=-1" in result.stdout and "round 0" not in result.stdout
 
 
-def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run, tmp_path):
+def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id, tmp_path):
     """The same config and seed in another process draws the same clients and logs the same metrics."""
     result = run_fedlm(["-m", *TINY, "seed=0,1", "mlflow.experiment_name=repro"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     client = mlflow.MlflowClient()
-    (first,) = mlflow.search_runs(experiment_names=["e2e"], output_format="list")
+    first = mlflow.get_run(tiny_run_id)
     children = {r.data.params["seed"]: r for r in mlflow.search_runs(experiment_names=["repro"], output_format="list")
                 if "mlflow.parentRunId" in r.data.tags}
 

@@ -44,8 +44,10 @@ def test_derived_perplexity_and_bits_per_char():
 
 
 def test_random_guess_baseline_is_the_tutorials():
-    assert metrics.RANDOM_GUESS["random_guess_accuracy"] == pytest.approx(1 / 86)
-    assert f"{metrics.RANDOM_GUESS['random_guess_accuracy']:.3f}" == "0.012"  # as the tutorial prints it
+    guess = metrics.RANDOM_GUESS
+    assert f"{guess['random_guess_accuracy']:.3f}" == "0.012"  # as the tutorial prints it (1/86)
+    assert guess["random_guess_perplexity"] == pytest.approx(1 / guess["random_guess_accuracy"])
+    assert guess["random_guess_bits_per_char"] == pytest.approx(math.log2(guess["random_guess_perplexity"]))
 
 
 def test_federated_evaluation_measures_what_keras_evaluation_measures():

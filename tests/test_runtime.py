@@ -30,9 +30,13 @@ def test_explicit_setting_wins_and_zero_means_no_limit():
     assert runtime.concurrent_clients(0, 256) == -1
 
 
-def test_last_level_cache_is_read_or_unknown():
-    size = runtime.last_level_cache_bytes()
-    assert size is None or size >= 2**16
+def test_last_level_cache_is_the_highest_levels_size(tmp_path):
+    for index, (level, size) in enumerate([(1, "32K"), (2, "1024K"), (3, "32768K"), (1, "32K")]):
+        (tmp_path / f"index{index}").mkdir()
+        (tmp_path / f"index{index}" / "level").write_text(f"{level}\n")
+        (tmp_path / f"index{index}" / "size").write_text(f"{size}\n")
+    assert runtime.last_level_cache_bytes(str(tmp_path)) == 32 * 2**20
+    assert runtime.last_level_cache_bytes(str(tmp_path / "missing")) is None  # no sysfs: unknown
 
 
 def test_startup_counts_the_process_start_once_then_each_job_from_its_own_start():

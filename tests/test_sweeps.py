@@ -74,17 +74,19 @@ def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path):
     """Parallel jobs lock the store for moments; MLflow's sqlite busy timeout (20 s) makes a writer wait, not fail."""
     import sqlite3
     import threading
-    import time
 
     uri = f"sqlite:///{tmp_path / 'locked.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.create_run(client.create_experiment("locked"))
     holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN EXCLUSIVE")  # what another job's write transaction does, here for 2 s
-    threading.Timer(2.0, lambda: holder.execute("COMMIT")).start()
-    start = time.monotonic()
-    for step in range(3):
-        client.log_metric(run.info.run_id, "eval_loss", 1.0 / (step + 1), step=step)
-    assert time.monotonic() - start >= 1.5  # it really waited for the lock
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [0, 1, 2]
-    holder.close()
+    released = threading.Event()
+    threading.Timer(2.0, lambda: (released.set(), holder.execute("COMMIT"))).start()
+    try:
+        for step in range(3):
+            client.log_metric(run.info.run_id, "eval_loss", 1.0 / (step + 1), step=step)
+            assert released.is_set()  # the write could only finish once the lock was released: it waited
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")] == [0, 1, 2]
+    finally:
+        released.wait()
+        holder.close()
