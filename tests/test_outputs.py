@@ -184,7 +184,8 @@ def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
     progress = release.ProgressReleaseManager(total_rounds=1)
     for value, key in (({"evaluation/loss": 1.9}, 0), ({"client_work/train/loss": 1.8}, 1),
                        ({"evaluation/loss": 1.7}, 1)):
-        asyncio.run(progress.release(value, key))
+        # not asyncio.run: it leaves the thread without an event loop, which TFF's loop and fedlm's checkpoints use
+        asyncio.get_event_loop().run_until_complete(progress.release(value, key))
     start, trained, final = capsys.readouterr().out.splitlines()
     assert start.startswith("round 0/1") and "eval_loss 1.9000" in start
     assert trained.startswith("round 1/1") and "s/round" in trained and "final" not in trained
