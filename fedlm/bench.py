@@ -56,6 +56,9 @@ def compose(overrides: list[str]):
     """fedlm's config, composed as `python -m fedlm.run` would with these overrides."""
     from hydra import compose as hydra_compose, initialize_config_dir
 
+    from fedlm.conf import schema
+
+    schema.register()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return hydra_compose(config_name="config", overrides=overrides)
 
@@ -140,7 +143,9 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     import tensorflow_federated as tff
     from hydra.utils import instantiate
 
-    from fedlm import federated, model as model_lib, preprocessing
+    from fedlm.data import preprocessing
+    from fedlm.fl import process as federated
+    from fedlm.model import char_rnn as model_lib, metrics
 
     e, h = cfg.model.embedding_dim, cfg.model.rnn_units
     tutorial = name == "tutorial"
@@ -174,7 +179,7 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     bare = model_lib.build_model(e, h, gru)
     bare.set_weights(start.get_weights())
     optimizer = tf.keras.optimizers.SGD(cfg.optimizer.learning_rate)
-    loss_fn = model_lib.MaskedCrossEntropy()
+    loss_fn = metrics.MaskedCrossEntropy()
     spec = tf.TensorSpec([None, cfg.seq_length], tf.int32)
 
     @tf.function(input_signature=[spec, spec])
@@ -200,7 +205,9 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from fedlm import model as model_lib
+    from fedlm.fl.sampling import client_shuffle_seed
+    from fedlm.model import char_rnn as model_lib
+    from fedlm.vocab import VOCAB_SIZE
 
     tf.keras.utils.set_random_seed(cfg.seed)
     start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
@@ -222,7 +229,7 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
     loads = [load_average()]
     label = f"GRU {cfg.model.rnn_units}"
     for r in range(warmup + rounds):
-        cids, seed = sample(r, cfg.clients_per_round), cfg.seed * 100_003 + r
+        cids, seed = sample(r, cfg.clients_per_round), client_shuffle_seed(cfg.seed, r)
         this_round = {}
         for side in sides:
             t0 = time.perf_counter()
@@ -263,7 +270,7 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
 
     n_batches = len(batches)
     tokens = n_batches * cfg.batch_size * cfg.seq_length
-    flops = n_batches * step_flops(cfg.model.embedding_dim, cfg.model.rnn_units, model_lib.VOCAB_SIZE,
+    flops = n_batches * step_flops(cfg.model.embedding_dim, cfg.model.rnn_units, VOCAB_SIZE,
                                    cfg.batch_size, cfg.seq_length)
     start_w = [np.asarray(w) for w in tff.learning.models.ModelWeights.from_model(start).trainable]
     updates = {}
@@ -303,7 +310,9 @@ def bench_memory(cfg, client_data, rounds: int, warmup: int = 5) -> dict[str, fl
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from fedlm import model as model_lib
+    from fedlm.fl.sampling import client_shuffle_seed
+    from fedlm.model import char_rnn as model_lib
+    from fedlm.vocab import VOCAB_SIZE
 
     tf.keras.utils.set_random_seed(cfg.seed)
     start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
@@ -364,11 +373,11 @@ def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) 
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # as conf/config.yaml does for runs
 
-    from fedlm import tracking
+    from fedlm.tracking import store, tags
 
-    mlflow.set_tracking_uri(tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri))
-    tracking.get_or_create_experiment("benchmarks")
-    with mlflow.start_run(run_name="bench " + " ".join(argv), tags={"fedlm.git_commit": tracking.git_commit()}):
+    mlflow.set_tracking_uri(store.tracking_uri_or_default(cfg.mlflow.tracking_uri))
+    store.get_or_create_experiment("benchmarks")
+    with mlflow.start_run(run_name="bench " + " ".join(argv), tags={tags.GIT_COMMIT: store.git_commit()}):
         mlflow.log_params({k: str(v) for k, v in settings.items()} | {"argv": " ".join(argv)})
         metrics = {}
         for res in results:
@@ -401,30 +410,31 @@ def main(argv: list[str] | None = None) -> None:
     rounds = args.rounds or 5
     memory_rounds = args.memory_rounds if args.memory_rounds is not None else (50 if args.quick else 200)
 
-    from fedlm import config as config_lib, runtime
+    from fedlm.conf import checks, schema
+    from fedlm.fl import runtime
 
     overrides = [*DEFAULT_OVERRIDES, *args.overrides]
     cfgs = [compose([*overrides, f"model={m}"]) for m in models]
     memory_cfg = compose([*overrides, "model=tiny"])
     for cfg in [*cfgs, memory_cfg]:
-        config_lib.validate(cfg)
-        tutorial_like = {"client_weighting": (cfg.client_weighting, config_lib.ClientWeighting.num_examples),
-                         "algorithm": (cfg.algorithm.name, config_lib.AlgorithmName.fedavg),
-                         "aggregator": (cfg.aggregator.name, config_lib.AggregatorName.mean)}
+        checks.validate(cfg)
+        tutorial_like = {"client_weighting": (cfg.client_weighting, schema.ClientWeighting.num_examples),
+                         "algorithm": (cfg.algorithm.name, schema.AlgorithmName.fedavg),
+                         "aggregator": (cfg.aggregator.name, schema.AggregatorName.mean)}
         for key, (value, tutorials) in tutorial_like.items():
             if value != tutorials:  # the tutorial's side could not train the same model
                 raise SystemExit(f"fedlm.bench: {key}={value.value}: the benchmark compares with the tutorial's "
                                  f"FedAvg, which needs {key}={tutorials.value}")
     cfg0 = cfgs[0]
 
-    from fedlm import data as data_lib
+    from fedlm.data import client_data as client_data_lib, shakespeare
 
     settings = {"peak_gflops": matmul_peak_gflops(), "overrides": " ".join(overrides), "rounds": rounds,
                  "warmup": args.warmup, "load_at_start": load_average()}
     print(f"fedlm.bench: models {models}, {rounds} timed rounds after {args.warmup} warm-up, overrides {overrides}; "
           f"load {settings['load_at_start']:.2f}", flush=True)
-    text = data_lib.load_federated_text(cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir)
-    client_data = data_lib.to_client_data(text.train)
+    text = shakespeare.load_federated_text(cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir)
+    client_data = client_data_lib.to_client_data(text.train)
     results, memory = [], None
     for cfg in cfgs:  # a TFF worker per size: the default clients at once depends on the size
         concurrent = runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)

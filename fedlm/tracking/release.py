@@ -1,0 +1,119 @@
+"""TFF release managers: where each round's metrics go (MLflow, the console) and the text samples of a run.
+
+TFF's training loop hands every round's metrics to these (`tff.program.ReleaseManager`); step = round.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Collection, Mapping, Sequence
+
+import mlflow
+import tensorflow_federated as tff
+from mlflow.exceptions import MlflowException
+
+from fedlm.fl.loop import METRIC_NAMES
+from fedlm.model.metrics import with_derived
+from fedlm.utils import flatten
+
+SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
+
+class MlflowReleaseManager(tff.program.ReleaseManager):
+    """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round.
+
+    `latest` holds the last value of each name (the run's final eval_loss, for sweepers). `already_logged`
+    (metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
+    last checkpoint, and must not log their steps twice.
+    """
+
+    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None):
+        self.latest: dict[str, float] = {}
+        self._skip = already_logged or {}
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
+        self.latest.update(metrics)
+        new = {name: v for name, v in metrics.items() if int(key) not in self._skip.get(name, ())}
+        if new:
+            mlflow.log_metrics(new, step=int(key))
+
+
+def logged_steps(run_id: str) -> dict[str, set[int]]:
+    """Metric name -> the steps the run already has."""
+    client = mlflow.MlflowClient()
+    return {key: {m.step for m in client.get_metric_history(run_id, key)}
+            for key in client.get_run(run_id).data.metrics}
+
+
+class ProgressReleaseManager(tff.program.ReleaseManager):
+    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA. The evaluation
+    after a last round off the `eval_every` schedule comes as a second release of that round: its line says so and
+    has no timing (the round's time was already given)."""
+
+    def __init__(self, total_rounds: int):
+        self._total = total_rounds
+        self._t0: float | None = None
+        self._k0 = 0
+        self._last_key: int | None = None
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        flat = flatten(value)
+        parts = [f"round {key:>{len(str(self._total))}}/{self._total}"]
+        for k, label in (("client_work/train/loss", "train_loss"), ("client_work/train/accuracy", "train_acc"),
+                         ("evaluation/loss", "eval_loss"), ("evaluation/accuracy", "eval_acc")):
+            if k in flat:
+                parts.append(f"{label} {float(flat[k]):.4f}")
+        if key == self._last_key:
+            parts.append("(final evaluation)")
+        elif self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)
+            self._t0, self._k0 = time.monotonic(), key
+        elif key > self._k0:
+            per_round = (time.monotonic() - self._t0) / (key - self._k0)
+            parts.append(f"{per_round:.1f}s/round  ETA {per_round * (self._total - key):.0f}s")
+        self._last_key = key
+        print("  ".join(parts), flush=True)
+
+
+class SampleReleaseManager(tff.program.ReleaseManager):
+    """At round 0, every `every` rounds and the last round: text from fixed prompts with the current server
+    weights, appended to an MLflow table (round, prompt, temperature, text). The same seed every round, so
+    the text changes only because the model does."""
+
+    def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
+                 length: int, seed: int, every: int, total_rounds: int,
+                 done_rounds: Collection[int] = ()):
+        self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
+        self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
+        self._generator = None
+        self._done: set[int] = set(done_rounds)  # a resumed run's table already has them (`sampled_rounds`)
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done or not self._prompts or (key % self._every and key != self._total):
+            return
+        self._done.add(key)  # the loop may release a round twice (training, then a final evaluation)
+        import numpy as np
+
+        from fedlm.model.generator import Generator
+
+        weights = self._weights()
+        if self._generator is None:
+            self._generator = Generator(weights)
+        else:
+            self._generator.set_weights(weights)
+        rows = []
+        for prompt in self._prompts:
+            for temperature in self._temperatures:
+                rng = np.random.default_rng([self._seed, len(rows)])
+                text = self._generator.sample(prompt, self._length, float(temperature), rng)
+                rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
+        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, SAMPLES_TABLE)
+
+
+def sampled_rounds(run_id: str) -> set[int]:
+    """The rounds a run's samples table already has."""
+    try:
+        table = mlflow.load_table(SAMPLES_TABLE, run_ids=[run_id])
+    except MlflowException:  # no table yet
+        return set()
+    return {int(r) for r in table["round"]} if "round" in table else set()

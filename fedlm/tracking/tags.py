@@ -1,0 +1,20 @@
+"""Every `fedlm.*` MLflow tag, in one place: what fedlm writes on runs, and what it searches for."""
+from __future__ import annotations
+
+GIT_COMMIT = "fedlm.git_commit"
+OVERRIDES = "fedlm.overrides"  # a run's command-line overrides, space-separated
+OVERRIDE_PREFIX = "override."  # one tag per override: override.optimizer = adam
+
+RUN_DIR = "fedlm.run_dir"  # the run directory: its checkpoints and lock (resume=<run id> finds it here)
+RESUMED_AFTER_ROUNDS = "fedlm.resumed_after_rounds"  # comma-separated: the checkpoint each resume started from
+KERAS_MODEL = "fedlm.keras_model"  # the artifact path of the run's final Keras model file (fedlm.generate)
+MODEL_INIT = "fedlm.model_init"  # the file the starting weights came from
+MODEL_INIT_NOTES = "fedlm.model_init_notes"  # how they were adapted, if they were
+DATA_OOV_DISTINCT = "fedlm.data_oov_distinct"  # the characters of the federated text outside the vocabulary
+
+SWEEP_DIR = "fedlm.sweep_dir"  # on a sweep's parent and children: the multirun directory that ties them
+SWEEP_ROLE = "fedlm.sweep"  # "parent" on the parent run
+SWEPT_KEYS = "fedlm.swept_keys"  # on the parent: space-separated keys that vary across the jobs
+SWEEP_OVERRIDES = "fedlm.sweep_overrides"
+SWEEPER = "fedlm.sweeper"
+LAUNCHER = "fedlm.launcher"

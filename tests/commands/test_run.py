@@ -1,0 +1,90 @@
+"""A tiny real run through `python -m fedlm.run`, checked in MLflow, and checked for leftover processes."""
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+
+from tests.conftest import TINY, compose_config, run_fedlm
+
+
+def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def test_run_logs_rounds_params_and_artifacts(tiny_run, tiny_run_id):
+    assert "round 2/2" in tiny_run.stdout and "ETA" in tiny_run.stdout
+    client = mlflow.MlflowClient()
+    run = mlflow.get_run(tiny_run_id)
+    assert run.info.status == "FINISHED"
+    for key in ("eval_loss", "eval_accuracy"):
+        assert sorted(_metric_steps(client, run.info.run_id, key)) == [0, 1, 2]
+    for key in ("train_loss", "train_accuracy"):
+        assert sorted(_metric_steps(client, run.info.run_id, key)) == [1, 2]
+    assert run.data.params["model.rnn_units"] == "16" and run.data.params["rounds"] == "2"
+    assert run.data.metrics["data_clients"] > 800
+    assert "model=tiny" in run.data.tags["fedlm.overrides"]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model", "samples", "plots", "sampled_clients.json"} <= artifacts
+
+
+def test_step0_eval_equals_the_starting_model(tiny_run_id):
+    """Round 0 is the pretrained model evaluated directly: the weights went into TFF's state intact."""
+    import tensorflow as tf
+
+    from fedlm.data import client_data as client_data_lib, shakespeare
+    from fedlm.fl import evaluation
+    from fedlm.model import metrics, pretrain
+
+    cfg = compose_config(TINY)
+    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
+    eval_data = evaluation.build_eval_data(
+        client_data_lib.to_client_data(text.test), cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size
+    )
+    start = metrics.compile_for_eval(tf.keras.models.load_model(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False))
+    direct = start.evaluate(eval_data, verbose=0, return_dict=True)
+    run = mlflow.get_run(tiny_run_id)
+    logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "eval_loss")
+    np.testing.assert_allclose(logged[0], direct["loss"], rtol=1e-5)
+    assert logged[2] != logged[0]  # and training then moved it
+
+
+def test_final_model_is_the_trained_one(tiny_run_id):
+    import tensorflow as tf
+
+    from fedlm.model import pretrain
+
+    run = mlflow.get_run(tiny_run_id)
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/final_model.h5")
+    final = tf.keras.models.load_model(path, compile=False).get_weights()
+    start = tf.keras.models.load_model(pretrain.cache_path(*_pretrain_args(compose_config(TINY))), compile=False).get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(final, start))
+
+
+def test_bad_value_fails_before_training(tmp_path):
+    result = run_fedlm(["rounds=-1"], tmp_path)
+    assert result.returncode == 2
+    assert "rounds=-1" in result.stdout and "round 0" not in result.stdout
+
+
+def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id, tmp_path):
+    """The same config and seed in another process draws the same clients and logs the same metrics."""
+    result = run_fedlm(["-m", *TINY, "seed=0,1", "mlflow.experiment_name=repro"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    client = mlflow.MlflowClient()
+    first = mlflow.get_run(tiny_run_id)
+    children = {r.data.params["seed"]: r for r in mlflow.search_runs(experiment_names=["repro"], output_format="list")
+                if "mlflow.parentRunId" in r.data.tags}
+
+    def sampled(run) -> dict:
+        return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/sampled_clients.json")
+
+    assert sampled(children["0"]) == sampled(first) and len(sampled(first)) == 2
+    assert sampled(children["1"]) != sampled(first)
+    for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
+        want, got = _metric_steps(client, first.info.run_id, key), _metric_steps(client, children["0"].info.run_id, key)
+        assert sorted(got) == sorted(want) and want
+        np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
+
+
+def _pretrain_args(cfg):
+    return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir

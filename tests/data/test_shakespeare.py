@@ -1,0 +1,71 @@
+import collections
+
+import pytest
+
+from fedlm.data import client_data as client_data_lib, shakespeare
+
+
+@pytest.fixture(scope="module")
+def plays():
+    return shakespeare.load_plays()
+
+
+def test_plays_and_clients_counts(plays):
+    assert len(plays) == 38
+    clients = {shakespeare.client_id(p.title, r) for p in plays for r, _ in p.speeches}
+    assert 1300 < len(clients) < 1500
+    assert "KING_LEAR_KENT" in clients
+
+
+def test_parse_play_drops_stage_directions_and_markup():
+    md = "# A Play\n\n## ACT I\n\n_Enter KENT, and\nothers_\n\n**KENT**  \nI thought \\--so.  \n__\\[Aside]_ Yes.\n\n**EDMUND**  \n_Exit_\n"
+    play = shakespeare.parse_play(md, "tragedies")
+    assert play.title == "A Play"
+    assert play.speeches == [("KENT", "I thought --so.\nYes.")]  # EDMUND spoke nothing: no empty speech
+
+
+def test_split_is_disjoint_deterministic_and_keeps_small_clients(plays):
+    a = shakespeare.build_federated_text(plays, ["histories"], 0.2, seed=1)
+    b = shakespeare.build_federated_text(plays, ["histories"], 0.2, seed=1)
+    c = shakespeare.build_federated_text(plays, ["histories"], 0.2, seed=2)
+    assert a.test == b.test and a.test != c.test
+    by_client = collections.defaultdict(list)
+    for p in plays:
+        if p.genre != "histories":
+            for role, speech in p.speeches:
+                by_client[shakespeare.client_id(p.title, role)].append(speech)
+    for cid, test in a.test.items():  # each speech of a client in its train or its test split, once
+        assert a.train[cid] and collections.Counter(a.train[cid]) + collections.Counter(test) == collections.Counter(
+            s for s in by_client[cid] if s)
+    # every speech lands exactly once: train + test == all speeches of the federated plays
+    n_all = sum(len(p.speeches) for p in plays if p.genre != "histories")
+    assert sum(map(len, a.train.values())) + sum(map(len, a.test.values())) == n_all
+    assert a.train_only_clients and all(c not in a.test for c in a.train_only_clients)
+    assert not any(p.genre == "histories" and shakespeare.client_id(p.title, r) in a.train for p in plays for r, _ in p.speeches)
+    assert a.stats()["data_clients"] == len(a.train)
+
+
+def test_unknown_proxy_genre_is_rejected(plays):
+    with pytest.raises(ValueError, match="proxy_genres.*poems"):
+        shakespeare.build_federated_text(plays, ["poems"], 0.2, 0)
+
+
+def test_client_data_matches_tff_interface():
+    cd = client_data_lib.to_client_data({"A_X": ["Hello", "World"], "B_Y": ["Only"]})
+    assert cd.client_ids == ["A_X", "B_Y"]
+    got = [x["snippets"].numpy() for x in cd.create_tf_dataset_for_client("A_X")]
+    assert got == [b"Hello", b"World"]
+    assert list(cd.element_type_structure) == ["snippets"]
+
+
+def test_federated_text_cache_is_keyed_and_equal(plays, tmp_path, monkeypatch):
+    built = shakespeare.build_federated_text(plays, ["histories"], 0.2, seed=1)
+    first = shakespeare.load_federated_text(["histories"], 0.2, 1, str(tmp_path))  # builds and writes the cache
+    files = sorted((tmp_path / "data").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"  # no temporary file left behind
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: pytest.fail("parsed the plays again instead of the cache"))
+    again = shakespeare.load_federated_text(["histories"], 0.2, 1, str(tmp_path))  # reads it
+    assert first == again == built
+    monkeypatch.undo()
+    other = shakespeare.load_federated_text(["histories"], 0.2, 2, str(tmp_path))  # another seed: another file
+    assert other != first and len(list((tmp_path / "data").iterdir())) == 2

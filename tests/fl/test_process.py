@@ -1,0 +1,149 @@
+"""The learning process on a tiny model: each client weighting, aggregator and algorithm does what it says."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fedlm import vocab
+from fedlm.conf import checks
+from fedlm.fl import process as fl_process, runtime
+from fedlm.model import char_rnn
+from tests.conftest import compose_config
+
+SEQ = 6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tff_context():
+    with runtime.tff_context():
+        yield
+
+
+def keras_model() -> tf.keras.Model:
+    return char_rnn.build_model(4, 8)
+
+
+def client(sequences: int, real_tokens_per_sequence: int, seed: int) -> tf.data.Dataset:
+    """`sequences` examples in batches of 1, each with `real_tokens_per_sequence` real targets, the rest padding."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, vocab.PAD_ID, (sequences, SEQ)).astype(np.int32)
+    y = rng.integers(0, vocab.PAD_ID, (sequences, SEQ)).astype(np.int32)
+    y[:, real_tokens_per_sequence:] = vocab.PAD_ID
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(1)
+
+
+# A: 3 sequences, 18 real tokens. B: 1 sequence, 1 real token. Weights A:B -- examples 3:1, tokens 18:1, uniform 1:1.
+CLIENTS = {"A": client(3, SEQ, seed=1), "B": client(1, 1, seed=2)}
+WEIGHTS = {"num_examples": (3, 1), "num_tokens": (18, 1), "uniform": (1, 1)}
+
+
+@pytest.fixture(scope="module")
+def start() -> list[np.ndarray]:
+    tf.keras.utils.set_random_seed(0)
+    return keras_model().get_weights()
+
+
+def one_round(start, clients: list[str], overrides: list[str]) -> list[np.ndarray]:
+    """Server weights after one round from `start` (client SGD 0.1, server SGD 1.0: the new model is the mean)."""
+    import tensorflow_federated as tff
+
+    cfg = compose_config(["optimizer.learning_rate=0.1", "clients_per_round=2", *overrides])
+    process = fl_process.build_learning_process(
+        fl_process.build_model_fn(keras_model, SEQ),
+        tff.learning.optimizers.build_sgdm(cfg.optimizer.learning_rate), tff.learning.optimizers.build_sgdm(1.0),
+        cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
+    )
+    template = keras_model()
+    template.set_weights(start)
+    state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
+    state = process.next(state, [CLIENTS[c] for c in clients]).state
+    return [np.asarray(w) for w in process.get_model_weights(state).trainable]
+
+
+def delta(after, start) -> list[np.ndarray]:
+    return [a - s for a, s in zip(after, start)]
+
+
+def norm(deltas) -> float:
+    return float(np.sqrt(sum(np.sum(d * d) for d in deltas)))
+
+
+@pytest.fixture(scope="module")
+def single_client_deltas(start):
+    return {c: delta(one_round(start, [c], []), start) for c in CLIENTS}
+
+
+@pytest.mark.parametrize("weighting", list(WEIGHTS))
+def test_client_weighting_is_the_weighted_mean_of_client_updates(start, single_client_deltas, weighting):
+    got = delta(one_round(start, ["A", "B"], [f"client_weighting={weighting}"]), start)
+    wa, wb = WEIGHTS[weighting]
+    want = [(wa * a + wb * b) / (wa + wb) for a, b in zip(single_client_deltas["A"], single_client_deltas["B"])]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+def test_fedprox_keeps_clients_closer_to_the_server_model(start, single_client_deltas):
+    prox = delta(one_round(start, ["A"], ["algorithm=fedprox", "algorithm.proximal_strength=5.0"]), start)
+    assert 0 < norm(prox) < 0.9 * norm(single_client_deltas["A"])
+    weak = delta(one_round(start, ["A"], ["algorithm=fedprox", "algorithm.proximal_strength=1e-6"]), start)
+    for w, a in zip(weak, single_client_deltas["A"]):  # proximal_strength -> 0 is FedAvg
+        np.testing.assert_allclose(w, a, rtol=1e-4, atol=1e-7)
+
+
+def test_tff_fed_prox_pushes_clients_away_which_is_why_fedlm_does_not_use_it(start, single_client_deltas):
+    """Documents the TFF 0.87 bug behind ProximalOptimizer: if this starts failing, TFF was fixed."""
+    import tensorflow_federated as tff
+
+    process = tff.learning.algorithms.build_weighted_fed_prox(
+        fl_process.build_model_fn(keras_model, SEQ), 5.0, tff.learning.optimizers.build_sgdm(0.1),
+        tff.learning.optimizers.build_sgdm(1.0),
+    )
+    template = keras_model()
+    template.set_weights(start)
+    state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
+    state = process.next(state, [CLIENTS["A"]]).state
+    tff_prox = delta([np.asarray(w) for w in process.get_model_weights(state).trainable], start)
+    assert norm(tff_prox) > norm(single_client_deltas["A"])
+
+
+def test_proximal_optimizer_pulls_back_towards_the_start():
+    import tensorflow_federated as tff
+
+    opt = fl_process.ProximalOptimizer(tff.learning.optimizers.build_sgdm(0.1), proximal_strength=2.0)
+    w0 = (tf.constant([1.0, -1.0]),)
+    state = opt.initialize((tf.TensorSpec([2], tf.float32),))
+    state, w1 = opt.next(state, w0, (tf.constant([1.0, 1.0]),))  # first step: plain SGD, w_start = w0
+    np.testing.assert_allclose(w1[0], [0.9, -1.1], rtol=1e-6)
+    state, w2 = opt.next(state, w1, (tf.zeros([2]),))  # no loss gradient: only the pull to w0
+    np.testing.assert_allclose(w2[0], [0.9 + 0.1 * 2.0 * 0.1, -1.1 - 0.1 * 2.0 * -0.1], rtol=1e-6)
+    assert opt.get_hparams(state)["learning_rate"] == pytest.approx(0.1)
+
+
+def test_dp_aggregator_clips_the_update(start):
+    """TFF's adaptive DP aggregator starts at an L2 clip of 0.1: without noise the mean update is within it."""
+    fast = ["optimizer.learning_rate=1.0", "client_weighting=uniform"]
+    assert norm(delta(one_round(start, ["A", "B"], fast), start)) > 0.2  # so the clip binds
+    dp = delta(one_round(start, ["A", "B"], [*fast, "aggregator=dp", "aggregator.noise_multiplier=0.0"]), start)
+    assert 0 < norm(dp) <= 0.1 + 1e-6
+
+
+def test_compression_aggregator_runs_and_averages(start, single_client_deltas):
+    got = delta(one_round(start, ["A", "B"], ["aggregator=compression", "aggregator.clipping=false"]), start)
+    wa, wb = WEIGHTS["num_examples"]
+    want = [(wa * a + wb * b) / (wa + wb) for a, b in zip(single_client_deltas["A"], single_client_deltas["B"])]
+    # The tiny model's tensors are below TFF's 20,000-value quantization threshold: the mean is exact.
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_tff_adafactor_fails_inside_fed_avg_which_is_why_config_refuses_it(start, side):
+    """Documents the TFF 0.87 bug behind checks.validate's adafactor refusal: if this fails, TFF was fixed."""
+    import tensorflow_federated as tff
+
+    adafactor, sgd = tff.learning.optimizers.build_adafactor(0.01), tff.learning.optimizers.build_sgdm(0.1)
+    client, server = (adafactor, sgd) if side == "client" else (sgd, adafactor)
+    with pytest.raises((KeyError, TypeError), match="steps|int32"):
+        process = tff.learning.algorithms.build_weighted_fed_avg(fl_process.build_model_fn(keras_model, SEQ), client, server)
+        process.next(process.initialize(), [CLIENTS["A"]])

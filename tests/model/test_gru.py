@@ -1,0 +1,237 @@
+"""FastGRU against the stock Keras GRU: same outputs, same gradients, interchangeable weights and files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fedlm import vocab
+from fedlm.model import gru
+from fedlm.model.gru import FastGRU, build_gru
+
+VOCAB, EMBED, UNITS, BATCH, STEPS = 11, 6, 12, 3, 9
+
+
+def char_rnn(gru: tf.keras.layers.Layer) -> tf.keras.Model:
+    """The project's model shape: Embedding -> GRU(return_sequences) -> Dense, batch and time unknown."""
+    return tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=(None,), dtype=tf.int32),
+        tf.keras.layers.Embedding(VOCAB, EMBED),
+        gru,
+        tf.keras.layers.Dense(VOCAB),
+    ])
+
+
+def pair() -> tuple[tf.keras.Model, tf.keras.Model]:
+    """A stock and a fast model holding the same (random, non-zero bias) weights."""
+    stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
+    rng = np.random.default_rng(0)
+    stock.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in stock.get_weights()])
+    fast = char_rnn(FastGRU(UNITS, return_sequences=True))
+    fast.set_weights(stock.get_weights())
+    return stock, fast
+
+
+@pytest.fixture
+def fast_calls(monkeypatch) -> list[int]:
+    """Counts calls of the fast kernel, so a silent fallback to the stock path cannot pass for it."""
+    calls, real = [], gru._gru_sequence
+    monkeypatch.setattr(gru, "_gru_sequence", lambda *args: calls.append(1) or real(*args))
+    return calls
+
+
+def tokens(batch: int = BATCH, steps: int = STEPS, seed: int = 1) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).integers(0, VOCAB, (batch, steps)), tf.int32)
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+def loss_and_grads(model: tf.keras.Model, x: tf.Tensor, y: tf.Tensor):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, model(x), from_logits=True))
+    return loss, tape.gradient(loss, model.trainable_variables)
+
+
+def test_outputs_match_stock(fast_calls):
+    stock, fast = pair()
+    fast_calls.clear()  # building the model ran the fast path; now check the call does
+    x = tokens()
+    assert rel_err(fast(x), stock(x)) < 1e-5 and fast_calls
+
+
+def test_last_output_and_state_match_stock(fast_calls):
+    seqs = tf.random.stateless_normal([BATCH, STEPS, EMBED], seed=[7, 8])
+    stock = tf.keras.layers.GRU(UNITS, return_sequences=False, return_state=True)
+    fast = FastGRU(UNITS, return_sequences=False, return_state=True)
+    want = stock(seqs)
+    fast.build(seqs.shape)
+    fast.set_weights(stock.get_weights())
+    got = fast(seqs)
+    assert len(got) == len(want) == 2 and all(rel_err(g, w) < 1e-5 for g, w in zip(got, want)) and fast_calls
+
+
+def test_layer_gradients_match_stock_for_weights_and_inputs(fast_calls):
+    stock, fast = pair()
+    fast_calls.clear()
+    seqs = tf.random.stateless_normal([BATCH, STEPS, EMBED], seed=[1, 2])
+    target = tf.random.stateless_normal([BATCH, STEPS, UNITS], seed=[3, 4])
+    grads = []
+    for layer in (stock.layers[1], fast.layers[1]):
+        with tf.GradientTape() as tape:
+            tape.watch(seqs)
+            loss = tf.reduce_sum(layer(seqs) * target)
+        grads.append(tape.gradient(loss, [seqs, *layer.trainable_variables]))
+    assert len(grads[1]) == 4 and fast_calls
+    for got, want in zip(grads[1], grads[0]):
+        assert rel_err(got, want) < 1e-5
+
+
+def test_model_gradients_match_stock(fast_calls):
+    stock, fast = pair()
+    fast_calls.clear()
+    x, y = tokens(), tokens(seed=2)
+    (loss_s, grads_s), (loss_f, grads_f) = loss_and_grads(stock, x, y), loss_and_grads(fast, x, y)
+    assert rel_err(loss_f, loss_s) < 1e-5
+    assert len(grads_f) == len(grads_s) == 6 and fast_calls
+    for got, want in zip(grads_f, grads_s):
+        assert rel_err(tf.convert_to_tensor(got), tf.convert_to_tensor(want)) < 1e-5
+
+
+def test_same_weight_names_shapes_and_order():
+    tf.keras.backend.clear_session()
+    stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
+    tf.keras.backend.clear_session()
+    fast = char_rnn(FastGRU(UNITS, return_sequences=True))
+    assert [(w.name, w.shape) for w in fast.weights] == [(w.name, w.shape) for w in stock.weights]
+
+
+def test_set_weights_both_ways():
+    stock, fast = pair()
+    x = tokens()
+    fresh_stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
+    fresh_stock.set_weights(fast.get_weights())
+    fresh_fast = char_rnn(FastGRU(UNITS, return_sequences=True))
+    fresh_fast.set_weights(stock.get_weights())
+    assert rel_err(fresh_stock(x), fast(x)) < 1e-5 and rel_err(fresh_fast(x), stock(x)) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+@pytest.mark.parametrize("name", ["fast.h5", "fast_savedmodel", "fast.keras"])
+def test_saved_fast_model_loads_into_stock(tmp_path, name):
+    _, fast = pair()
+    x = tokens()
+    path = str(tmp_path / name)
+    tf.keras.models.save_model(fast, path)
+    reloaded = tf.keras.models.load_model(path, compile=False)  # FastGRU is registered: loads as itself
+    assert isinstance(reloaded.layers[1], FastGRU) and rel_err(reloaded(x), fast(x)) < 1e-5
+    stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
+    stock.set_weights(reloaded.get_weights())  # as fedlm.model.starting_weights.load_keras_file does
+    assert rel_err(stock(x), fast(x)) < 1e-5
+    if not name.endswith(".keras"):  # .keras weight files key layers by class name (FastGRU != GRU)
+        stock = char_rnn(tf.keras.layers.GRU(UNITS, return_sequences=True))
+        stock.load_weights(path)
+        assert rel_err(stock(x), fast(x)) < 1e-5
+
+
+def test_config_round_trip():
+    layer = FastGRU(UNITS, name="g", return_sequences=True)
+    again = FastGRU.from_config(layer.get_config())
+    assert again.get_config() == layer.get_config() and again.return_sequences
+    assert tf.keras.utils.get_registered_object("fedlm>FastGRU") is FastGRU
+
+
+def test_train_step_in_tf_function_with_unknown_batch_and_time(fast_calls):
+    stock, fast = pair()
+    fast_calls.clear()
+    spec = tf.TensorSpec([None, None], tf.int32)
+    steps = {m: tf.function(lambda x, y, m=m: loss_and_grads(m, x, y), input_signature=[spec, spec])
+             for m in (stock, fast)}
+    for batch, steps_len in [(BATCH, STEPS), (1, 4)]:
+        x, y = tokens(batch, steps_len), tokens(batch, steps_len, seed=3)
+        (loss_s, grads_s), (loss_f, grads_f) = steps[stock](x, y), steps[fast](x, y)
+        assert rel_err(loss_f, loss_s) < 1e-5
+        for got, want in zip(grads_f, grads_s):
+            assert rel_err(tf.convert_to_tensor(got), tf.convert_to_tensor(want)) < 1e-5
+    assert fast_calls
+
+
+def test_masked_and_stateful_calls_use_the_stock_path(fast_calls):
+    stock, fast = pair()
+    gen = tf.keras.Sequential([
+        tf.keras.layers.InputLayer(input_shape=(None,), batch_size=1, dtype=tf.int32),
+        tf.keras.layers.Embedding(VOCAB, EMBED), FastGRU(UNITS, return_sequences=True, stateful=True), tf.keras.layers.Dense(VOCAB),
+    ])
+    gen.set_weights(fast.get_weights())
+    fast_calls.clear()  # building `pair` ran the fast path
+    seqs = tf.random.stateless_normal([BATCH, STEPS, EMBED], seed=[5, 6])
+    mask = tf.sequence_mask([STEPS, 4, 1], STEPS)
+    assert rel_err(fast.layers[1](seqs, mask=mask), stock.layers[1](seqs, mask=mask)) < 1e-5
+    x = tokens(1, STEPS)
+    stepwise = [gen(x[:, t : t + 1]) for t in range(STEPS)]
+    assert rel_err(tf.concat(stepwise, axis=1), stock(x)) < 1e-5
+    assert not fast_calls
+
+
+def test_build_gru():
+    assert type(build_gru(4, "keras")) is tf.keras.layers.GRU
+    assert isinstance(build_gru(4, "fast"), FastGRU) and build_gru(4, "fast").return_sequences
+    with pytest.raises(ValueError, match=r"model\.gru=.cudnn.: allowed \[.fast., .keras.\]"):
+        build_gru(4, "cudnn")
+
+
+def test_federated_round_matches_stock_in_tff(fast_calls):
+    """One FedAvg round in TFF's graph-mode client update (C++ worker): same server weights from the same start."""
+    import tensorflow_federated as tff
+
+    from fedlm.fl import process as fl_process, runtime
+    from fedlm.model import char_rnn
+    from tests.conftest import compose_config
+
+    seq = 7
+    rng = np.random.default_rng(4)
+    clients = [  # two clients: 3 and 2 batches, the last one smaller, as fedlm's client datasets
+        tf.data.Dataset.from_tensor_slices(tuple(rng.integers(0, vocab.VOCAB_SIZE, (2, n, seq)).astype(np.int32)))
+        .batch(4) for n in (10, 6)
+    ]
+    start = char_rnn.build_model(5, UNITS, "keras")
+    start.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in start.get_weights()])
+    initial = tff.learning.models.ModelWeights.from_model(start)
+    deltas = {}
+    with runtime.tff_context():
+        for impl in ("keras", "fast"):
+            fast_calls.clear()
+            model_fn = fl_process.build_model_fn(lambda impl=impl: char_rnn.build_model(5, UNITS, impl), seq)
+            cfg = compose_config(["clients_per_round=2"])  # FedAvg weighted by examples, mean aggregation
+            process = fl_process.build_learning_process(
+                model_fn, tff.learning.optimizers.build_sgdm(0.5), tff.learning.optimizers.build_sgdm(1.0),
+                cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
+            )
+            assert bool(fast_calls) == (impl == "fast")  # the fast kernel was traced into the client update
+            state = process.set_model_weights(process.initialize(), initial)
+            result = process.next(state, clients)
+            assert result.metrics["client_work"]["train"]["num_examples"] == 16
+            new = process.get_model_weights(result.state).trainable
+            deltas[impl] = [np.asarray(n) - np.asarray(s) for n, s in zip(new, initial.trainable)]
+    assert all(np.abs(d).max() > 1e-3 for d in deltas["keras"])  # the round moved every weight
+    for got, want in zip(deltas["fast"], deltas["keras"]):
+        assert rel_err(got, want) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_fedlm_saves_fast_models_as_stock_keras(tmp_path):
+    """Pretrained cache and final model files hold a stock GRU: plain Keras loads them, no fedlm class needed."""
+    import h5py
+
+    from fedlm import vocab
+    from fedlm.model import char_rnn
+
+    fast = char_rnn.build_model(EMBED, UNITS, "fast")
+    x = tokens()
+    path = char_rnn.save_model(fast, str(tmp_path / "m.h5"))
+    with h5py.File(path) as f:
+        assert "FastGRU" not in f.attrs["model_config"] and '"class_name": "GRU"' in f.attrs["model_config"]
+    reloaded = tf.keras.models.load_model(path, compile=False)
+    assert type(reloaded.layers[1]) is tf.keras.layers.GRU and rel_err(reloaded(x), fast(x)) < 1e-5

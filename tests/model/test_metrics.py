@@ -1,0 +1,83 @@
+"""Language-model metrics: per-character cross-entropy, OOV rate, counts; Keras vs federated evaluation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedlm import vocab
+from fedlm.data import preprocessing
+from fedlm.model import char_rnn, metrics
+
+
+def _batch():
+    """Two sequences: real targets, one OOV target, padding at the tail."""
+    y_true = np.array([[5, 6, vocab.OOV_ID, 7], [8, 9, vocab.PAD_ID, vocab.PAD_ID]], np.int32)
+    logits = np.random.default_rng(0).normal(size=(2, 4, vocab.VOCAB_SIZE)).astype(np.float32)
+    return y_true, logits
+
+
+def test_char_cross_entropy_is_mean_over_real_characters_only():
+    y_true, logits = _batch()
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = [(b, t) for b in range(2) for t in range(4) if y_true[b, t] < vocab.PAD_ID]
+    expected = -np.mean([log_p[b, t, y_true[b, t]] for b, t in real])
+    m = metrics.CharCrossEntropy()
+    m.update_state(y_true[:1], logits[:1])  # in two batches: a ratio of sums, not a mean of batch means
+    m.update_state(y_true[1:], logits[1:])
+    np.testing.assert_allclose(float(m.result()), expected, rtol=1e-6)
+
+
+def test_oov_rate_excludes_padding_and_tokens_exclude_both():
+    y_true, logits = _batch()
+    oov, tokens = metrics.OOVRate(), metrics.NumTokens()
+    oov.update_state(y_true, logits)
+    tokens.update_state(y_true, logits)
+    np.testing.assert_allclose(float(oov.result()), 1 / 6)  # 8 targets: 2 padding, 1 OOV of the other 6
+    assert float(tokens.result()) == 5
+
+
+def test_derived_perplexity_and_bits_per_char():
+    out = metrics.with_derived({"eval_cross_entropy": math.log(4.0), "eval_loss": 9.0})
+    np.testing.assert_allclose(out["eval_perplexity"], 4.0)
+    np.testing.assert_allclose(out["eval_bits_per_char"], 2.0)
+    assert "eval_loss" in out and not any(k.startswith("eval_loss_") for k in out)
+
+
+def test_random_guess_baseline_is_the_tutorials():
+    guess = vocab.RANDOM_GUESS
+    assert f"{guess['random_guess_accuracy']:.3f}" == "0.012"  # as the tutorial prints it (1/86)
+    assert guess["random_guess_perplexity"] == pytest.approx(1 / guess["random_guess_accuracy"])
+    assert guess["random_guess_bits_per_char"] == pytest.approx(math.log2(guess["random_guess_perplexity"]))
+
+
+def test_federated_evaluation_measures_what_keras_evaluation_measures():
+    """eval.mode=federated (build_fed_eval over per-client datasets) vs the Keras evaluation of the same clients:
+    the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared."""
+    from fedlm.data import client_data as client_data_lib
+    from fedlm.fl import evaluation, process as fl_process, runtime
+
+    texts = ["Now is the winter of our discontent", "Made glorious summer by this sun of York; é",
+             "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried."]
+    test_data = client_data_lib.to_client_data({f"C{i}": [t, t[::-1]] for i, t in enumerate(texts)})
+    ids = [f"C{i}" for i in range(len(texts))]
+    seq_length, batch = 10, 3
+    keras_data = preprocessing.clients_eval_dataset(test_data, ids, seq_length, batch)
+    client_data = [preprocessing.clients_eval_dataset(test_data, [cid], seq_length, batch) for cid in ids]
+
+    def keras_model():
+        return char_rnn.build_model(4, 8)
+
+    with runtime.tff_context():
+        import tensorflow_federated as tff
+
+        model_fn = fl_process.build_model_fn(keras_model, seq_length)
+        # Any learning process holding server weights will do; build_fed_eval's is the cheapest to build.
+        process = tff.learning.algorithms.build_fed_eval(model_fn)
+        state = process.initialize()
+        by_keras = evaluation.build_keras_evaluation(process, keras_model())(state, keras_data)
+        by_clients = evaluation.build_federated_evaluation(process, model_fn)(state, client_data)
+    for key in ("accuracy", "cross_entropy", "oov_rate", "num_tokens"):
+        np.testing.assert_allclose(by_clients[key], by_keras[key], rtol=1e-5, err_msg=key)
+    assert by_clients["num_clients"] == 3 and by_keras["oov_rate"] > 0

@@ -1,0 +1,198 @@
+"""What users look at after a run: metrics, the samples table, the model, the plots, and the MLflow server."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+
+from fedlm import vocab
+from fedlm.model import metrics
+from fedlm.tracking import plots, release, store, tags
+from tests.conftest import TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
+
+
+def _history(run_id: str, key: str) -> dict[int, float]:
+    return {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
+
+
+def test_metrics_per_round(tiny_run_id):
+    run = mlflow.get_run(tiny_run_id)
+    for split, steps in (("train", [1, 2]), ("eval", [0, 1, 2])):
+        ce = _history(tiny_run_id, f"{split}_cross_entropy")
+        assert sorted(ce) == steps
+        for step, nats in ce.items():
+            assert _history(tiny_run_id, f"{split}_perplexity")[step] == pytest.approx(math.exp(nats))
+            assert _history(tiny_run_id, f"{split}_bits_per_char")[step] == pytest.approx(nats / math.log(2))
+            assert 0 <= _history(tiny_run_id, f"{split}_oov_rate")[step] < 0.01
+        assert all(v > 0 for v in _history(tiny_run_id, f"{split}_tokens").values())
+    assert set(_history(tiny_run_id, "train_clients").values()) == {2.0}  # TINY: clients_per_round=2
+    assert set(_history(tiny_run_id, "eval_tokens").values()) == {_history(tiny_run_id, "eval_tokens")[0]}  # fixed set
+    for key in ("round_seconds", "eval_seconds", "train_sequences"):
+        assert sorted(_history(tiny_run_id, key)) == ([0, 1, 2] if key == "eval_seconds" else [1, 2])
+    for key, value in vocab.RANDOM_GUESS.items():
+        assert run.data.metrics[key] == pytest.approx(value)
+
+
+def test_samples_table_at_round_0_and_the_last(tiny_run_id):
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{tiny_run_id}/{release.SAMPLES_TABLE}"))
+    assert table["columns"] == ["round", "prompt", "temperature", "text"]
+    cfg = compose_config(TINY)
+    rows = table["data"]
+    assert sorted({r[0] for r in rows}) == [0, cfg.rounds]  # sample_every=5 > rounds: the first and last only
+    assert len(rows) == 2 * len(cfg.sample_prompts) * len(cfg.sample_temperatures)
+    assert {r[1] for r in rows} == set(cfg.sample_prompts)
+    assert all(len(r[3]) == cfg.sample_length for r in rows)
+
+
+def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
+    """The weights handed back from TFF are the ones evaluated last: the MLflow model reproduces eval_loss exactly."""
+    from fedlm.data import client_data as client_data_lib, shakespeare
+    from fedlm.fl import evaluation
+    from fedlm.model import char_rnn
+    from fedlm.tracking import artifacts
+
+    loaded = mlflow.tensorflow.load_model(f"runs:/{tiny_run_id}/{artifacts.LOGGED_MODEL_NAME}")
+    cfg = compose_config(TINY)
+    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
+    eval_data = evaluation.build_eval_data(
+        client_data_lib.to_client_data(text.test), cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size
+    )
+    result = metrics.compile_for_eval(loaded).evaluate(eval_data, verbose=0, return_dict=True)
+    logged = _history(tiny_run_id, "eval_loss")
+    assert result["loss"] == logged[max(logged)]
+    assert result["accuracy"] == _history(tiny_run_id, "eval_accuracy")[max(logged)]
+    # The plain Keras file holds the same weights.
+    import tensorflow as tf
+
+    path = mlflow.artifacts.download_artifacts(f"runs:/{tiny_run_id}/model/{artifacts.KERAS_FILE}")
+    for a, b in zip(tf.keras.models.load_model(path, compile=False).get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_final_model_can_be_registered(tmp_path):
+    from fedlm.model import char_rnn
+    from fedlm.tracking import artifacts
+
+    store.get_or_create_experiment("registry")
+    m = char_rnn.build_model(4, 8)
+    with mlflow.start_run() as run:
+        artifacts.log_final_model(m, str(tmp_path), registered_model_name="fedlm-test-model")
+    (version,) = mlflow.MlflowClient().search_model_versions("name = 'fedlm-test-model'")
+    assert version.run_id == run.info.run_id
+    loaded = mlflow.tensorflow.load_model(f"models:/fedlm-test-model/{version.version}")
+    for a, b in zip(loaded.get_weights(), m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert mlflow.get_run(run.info.run_id).data.tags[tags.KERAS_MODEL] == "model/final_model.h5"
+
+
+def test_run_figure_is_logged_and_shows_the_logged_curves(tiny_run_id):
+    assert plots.RUN_FIGURE in {a.path for a in mlflow.MlflowClient().list_artifacts(tiny_run_id, "plots")}
+    fig = plots.run_figure(tiny_run_id)
+    loss_ax, acc_ax = fig.axes
+    lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
+    for key in ("train_loss", "eval_loss", "train_accuracy", "eval_accuracy"):
+        history = _history(tiny_run_id, key)
+        assert list(lines[key].get_xdata()) == sorted(history)
+        assert list(lines[key].get_ydata()) == [history[s] for s in sorted(history)]
+
+
+def test_sweep_figure_overlays_the_childrens_eval_accuracy():
+    client = mlflow.MlflowClient()
+    experiment = store.get_or_create_experiment("sweep_figure")
+    parent = client.create_run(experiment.experiment_id, run_name="sweep x")
+    curves = {"optimizer=sgd": [0.30, 0.35, 0.41], "optimizer=adam": [0.30, 0.44, 0.47]}
+    for name, values in curves.items():
+        child = client.create_run(experiment.experiment_id, run_name=name,
+                                  tags={"mlflow.parentRunId": parent.info.run_id})
+        for step, value in enumerate(values):
+            client.log_metric(child.info.run_id, "eval_accuracy", value, step=step)
+    client.create_run(experiment.experiment_id, run_name="not in the sweep")
+    fig = plots.sweep_figure(parent.info.run_id)
+    lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
+    assert lines == curves
+    plots.log_sweep_figure(parent.info.run_id)
+    assert plots.SWEEP_FIGURE in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, data: dict | None = None):
+    body = None if data is None else json.dumps(data).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
+    """`mlflow server` on loopback against the test store, queried over REST as the UI does; then shut down."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if _get(f"{base}/health") == b"OK":
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        assert b"<html" in _get(f"{base}/").lower()  # the UI itself
+        api = f"{base}/api/2.0/mlflow"
+        experiment = json.loads(_get(f"{api}/experiments/get-by-name?experiment_name={TINY_RUN_EXPERIMENT}"))
+        experiment_id = experiment["experiment"]["experiment_id"]
+        (run,) = json.loads(_get(f"{api}/runs/search", {"experiment_ids": [experiment_id]}))["runs"]
+        assert run["info"]["run_id"] == tiny_run_id and run["info"]["status"] == "FINISHED"
+        assert {"eval_loss", "eval_accuracy", "eval_perplexity", "eval_bits_per_char", "train_clients",
+                "random_guess_accuracy"} <= {m["key"] for m in run["data"]["metrics"]}
+        # max_results is needed: without it MLflow 3.5's server answers an empty first page (and a page token).
+        history = json.loads(_get(f"{api}/metrics/get-history?run_id={tiny_run_id}&metric_key=eval_accuracy"
+                                  f"&max_results=1000"))
+        assert sorted(m["step"] for m in history["metrics"]) == [0, 1, 2]
+        listed = json.loads(_get(f"{api}/artifacts/list?run_id={tiny_run_id}&path=plots"))
+        assert [f["path"] for f in listed["files"]] == [plots.RUN_FIGURE]
+        png = _get(f"{base}/get-artifact?path={plots.RUN_FIGURE}&run_uuid={tiny_run_id}")
+        assert png.startswith(b"\x89PNG")
+        table = json.loads(_get(f"{base}/get-artifact?path={release.SAMPLES_TABLE}&run_uuid={tiny_run_id}"))
+        assert table["columns"] == ["round", "prompt", "temperature", "text"]
+        models = json.loads(_get(f"{api}/logged-models/search", {"experiment_ids": [experiment_id]}))["models"]
+        assert [(m["info"]["name"], m["info"]["source_run_id"]) for m in models] == [("final_model", tiny_run_id)]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    left = session_processes(server.pid, grace=30.0)  # uvicorn's worker exits just after its parent
+    assert not left, f"server processes left: {[p.cmdline() for p in left]}"
+
+
+def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
+    """rounds=1 eval_every=5: round 1 trains, then the loop evaluates it once more; that is no second round."""
+    import asyncio
+
+    progress = release.ProgressReleaseManager(total_rounds=1)
+    for value, key in (({"evaluation/loss": 1.9}, 0), ({"client_work/train/loss": 1.8}, 1),
+                       ({"evaluation/loss": 1.7}, 1)):
+        # not asyncio.run: it leaves the thread without an event loop, which TFF's loop and fedlm's checkpoints use
+        asyncio.get_event_loop().run_until_complete(progress.release(value, key))
+    start, trained, final = capsys.readouterr().out.splitlines()
+    assert start.startswith("round 0/1") and "eval_loss 1.9000" in start
+    assert trained.startswith("round 1/1") and "s/round" in trained and "final" not in trained
+    assert final == "round 1/1  eval_loss 1.7000  (final evaluation)"
