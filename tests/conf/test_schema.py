@@ -14,8 +14,8 @@ from fedlm import errors
 from tests.conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["data", "model", "optimizer", "server_optimizer", "sampling", "aggregator", "algorithm", "pretrain", "eval",
-          "experiment"]
+GROUPS = ["data", "model", "optimizer", "server_optimizer", "client_weighting", "sampling", "aggregator", "algorithm",
+          "pretrain", "eval", "experiment"]
 # TFF 0.87's adafactor fails inside its learning processes: refused by validate (see below).
 BROKEN_IN_TFF = {("optimizer", "adafactor"), ("server_optimizer", "adafactor")}
 # Options that only make sense together with other keys.
@@ -33,8 +33,8 @@ def test_default_config_is_valid():
     cfg = compose_config()
     checks.validate(cfg)
     assert cfg.model.rnn_units == 256 and cfg.optimizer._target_.endswith("build_sgdm")
-    assert cfg.client_weighting == schema.ClientWeighting.num_examples
-    assert cfg.sampling.name == schema.SamplingName.uniform
+    assert schema.option_type(cfg.client_weighting) is schema.NumExamplesWeighting
+    assert schema.option_type(cfg.sampling) is schema.UniformSampling
 
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g) if (g, o) not in BROKEN_IN_TFF])
@@ -62,7 +62,10 @@ def test_every_group_option_composes_and_validates(group, option):
         (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum"),  # adam has no momentum
         (["rounds_typo=3"], "rounds_typo"),
         (["eval=foo"], "eval"),
-        (["eval.mode=foo"], "eval.mode"),
+        (["eval.mode=federated"], "eval.mode"),  # an option, not a key
+        (["aggregator.noise_multiplier=1.0"], "aggregator.noise_multiplier"),  # a key of dp, not of mean
+        (["sampling.clients=[A]"], "sampling.clients"),  # a key of fixed only
+        (["algorithm.proximal_strength=0.1"], "algorithm.proximal_strength"),  # fedprox only
         (["sample_length=long"], "sample_length"),
         (["sample_temperatures=[hot]"], "sample_temperatures"),
         (["model.gru=cudnn"], "model.gru"),
@@ -89,7 +92,8 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["eval_every=0"], "eval_every=0"),
         (["eval_clients=0"], "eval_clients=0"),
         (["seed=-1"], "seed=-1"),
-        (["data.test_fraction=1.0"], "data.test_fraction=1.0: must be >= 0.0 and < 1.0"),
+        (["data.test_fraction=1.0"], "data.test_fraction=1.0: must be > 0.0 and < 1.0"),
+        (["data.test_fraction=0"], "data.test_fraction=0.0: must be > 0.0 and < 1.0"),
         (["optimizer.learning_rate=0"], "optimizer.learning_rate=0.0: must be > 0.0"),
         (["server_optimizer.learning_rate=-1"], "server_optimizer.learning_rate=-1.0"),
         (["optimizer=sgdm", "optimizer.momentum=1.0"], "optimizer.momentum=1.0: must be >= 0.0 and < 1.0"),
@@ -117,12 +121,11 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
     [
         (["aggregator=dp"], "aggregator=dp with client_weighting=num_examples.*client_weighting=uniform"),
         (["aggregator=dp", "client_weighting=num_tokens"], "aggregator=dp with client_weighting=num_tokens"),
-        (["algorithm=fedprox", "algorithm.proximal_strength=0"], "algorithm.proximal_strength=0.0: algorithm=fedprox"),
+        (["algorithm=fedprox", "algorithm.proximal_strength=0"], "algorithm.proximal_strength=0.0: must be > 0.0"),
         (["sampling=fixed"], "sampling.clients=null: sampling=fixed needs a list"),
         (["sampling=fixed", "sampling.clients=[A,B]", "clients_per_round=10"],
          "clients_per_round=10: sampling=fixed trains the 2 clients.*clients_per_round=2"),
         (["sampling=fixed", "sampling.clients=[A,A]", "clients_per_round=2"], r"sampling.clients: \['A'\] listed more"),
-        (["sampling.clients=[A]"], "sampling.clients=.*only used by sampling=fixed"),
         (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=1.0"],
          r"aggregator.noise_multiplier=1.0 with clients_per_round=10: .*needs clients_per_round > 10"),
         (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
@@ -148,23 +151,23 @@ def test_bad_sample_and_model_registry_settings(overrides, message):
         checks.validate(compose_config(overrides))
 
 
-def test_eval_mode_is_a_group_and_a_key():
-    for overrides in (["eval=federated"], ["eval.mode=federated"]):
-        assert compose_config(overrides).eval.mode == schema.EvalMode.federated
-    assert compose_config().eval.mode == schema.EvalMode.keras
+def test_eval_is_a_group():
+    assert schema.option_type(compose_config(["eval=federated"]).eval) is schema.FederatedEval
+    assert schema.option_type(compose_config().eval) is schema.KerasEval
     checks.validate(compose_config(["sample_prompts=[]"]))  # no samples is allowed
 
 
 def test_population_checks():
     population = [f"PLAY_ROLE_{i}" for i in range(20)]
     with pytest.raises(errors.ConfigError, match="clients_per_round=21: larger than the training population of 20"):
-        checks.check_population(compose_config(["clients_per_round=21"]), population)
+        checks.check_population(compose_config(["clients_per_round=21"]), population, 20)
     with pytest.raises(errors.ConfigError, match="clients_per_round=21"):
-        checks.check_population(compose_config(["clients_per_round=21", "sampling=size_weighted"]), population)
-    checks.check_population(compose_config(["clients_per_round=21", "sampling=with_replacement"]), population)
+        checks.check_population(compose_config(["clients_per_round=21", "sampling=size_weighted"]), population, 20)
+    checks.check_population(compose_config(["clients_per_round=21", "sampling=with_replacement", "eval_clients=20"]),
+                            population, 20)
     fixed = compose_config(["sampling=fixed", "sampling.clients=[PLAY_ROLE_1,PLAY_ROLE_X]", "clients_per_round=2"])
     with pytest.raises(errors.ConfigError, match=r"unknown client id\(s\) \['PLAY_ROLE_X'\].*closest.*PLAY_ROLE_"):
-        checks.check_population(fixed, population)
+        checks.check_population(fixed, population, 20)
     with pytest.raises(errors.ConfigError, match="eval_clients=50: only 7 clients have a test split"):
         checks.check_population(compose_config(), population, test_clients=7)
 

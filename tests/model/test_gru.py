@@ -186,6 +186,7 @@ def test_federated_round_matches_stock_in_tff(fast_calls):
     """One FedAvg round in TFF's graph-mode client update (C++ worker): same server weights from the same start."""
     import tensorflow_federated as tff
 
+    from fedlm import experiment
     from fedlm.fl import process as fl_process, runtime
     from fedlm.model import char_rnn
     from tests.conftest import compose_config
@@ -204,11 +205,9 @@ def test_federated_round_matches_stock_in_tff(fast_calls):
         for impl in ("keras", "fast"):
             fast_calls.clear()
             model_fn = fl_process.build_model_fn(lambda impl=impl: char_rnn.build_model(5, UNITS, impl), seq)
-            cfg = compose_config(["clients_per_round=2"])  # FedAvg weighted by examples, mean aggregation
-            process = fl_process.build_learning_process(
-                model_fn, tff.learning.optimizers.build_sgdm(0.5), tff.learning.optimizers.build_sgdm(1.0),
-                cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
-            )
+            # FedAvg weighted by examples, mean aggregation, client SGD 0.5, server SGD 1.0: as fedlm.run builds it.
+            cfg = compose_config(["clients_per_round=2", "optimizer=sgd", "server_optimizer=sgd"])
+            process = experiment.build_learning_process(cfg, model_fn)
             assert bool(fast_calls) == (impl == "fast")  # the fast kernel was traced into the client update
             state = process.set_model_weights(process.initialize(), initial)
             result = process.next(state, clients)

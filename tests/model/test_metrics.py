@@ -50,34 +50,3 @@ def test_random_guess_baseline_is_the_tutorials():
     assert f"{guess['random_guess_accuracy']:.3f}" == "0.012"  # as the tutorial prints it (1/86)
     assert guess["random_guess_perplexity"] == pytest.approx(1 / guess["random_guess_accuracy"])
     assert guess["random_guess_bits_per_char"] == pytest.approx(math.log2(guess["random_guess_perplexity"]))
-
-
-def test_federated_evaluation_measures_what_keras_evaluation_measures():
-    """eval.mode=federated (build_fed_eval over per-client datasets) vs the Keras evaluation of the same clients:
-    the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared."""
-    from fedlm.data import client_data as client_data_lib
-    from fedlm.fl import evaluation, process as fl_process, runtime
-
-    texts = ["Now is the winter of our discontent", "Made glorious summer by this sun of York; é",
-             "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried."]
-    test_data = client_data_lib.to_client_data({f"C{i}": [t, t[::-1]] for i, t in enumerate(texts)})
-    ids = [f"C{i}" for i in range(len(texts))]
-    seq_length, batch = 10, 3
-    keras_data = preprocessing.clients_eval_dataset(test_data, ids, seq_length, batch)
-    client_data = [preprocessing.clients_eval_dataset(test_data, [cid], seq_length, batch) for cid in ids]
-
-    def keras_model():
-        return char_rnn.build_model(4, 8)
-
-    with runtime.tff_context():
-        import tensorflow_federated as tff
-
-        model_fn = fl_process.build_model_fn(keras_model, seq_length)
-        # Any learning process holding server weights will do; build_fed_eval's is the cheapest to build.
-        process = tff.learning.algorithms.build_fed_eval(model_fn)
-        state = process.initialize()
-        by_keras = evaluation.build_keras_evaluation(process, keras_model())(state, keras_data)
-        by_clients = evaluation.build_federated_evaluation(process, model_fn)(state, client_data)
-    for key in ("accuracy", "cross_entropy", "oov_rate", "num_tokens"):
-        np.testing.assert_allclose(by_clients[key], by_keras[key], rtol=1e-5, err_msg=key)
-    assert by_clients["num_clients"] == 3 and by_keras["oov_rate"] > 0

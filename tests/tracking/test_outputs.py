@@ -18,7 +18,7 @@ import pytest
 from fedlm import vocab
 from fedlm.model import metrics
 from fedlm.tracking import plots, release, store, tags
-from tests.conftest import TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
+from tests.conftest import keras_eval_data, TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
 
 
 def _history(run_id: str, key: str) -> dict[int, float]:
@@ -56,17 +56,12 @@ def test_samples_table_at_round_0_and_the_last(tiny_run_id):
 
 def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
     """The weights handed back from TFF are the ones evaluated last: the MLflow model reproduces eval_loss exactly."""
-    from fedlm.data import client_data as client_data_lib, shakespeare
-    from fedlm.fl import evaluation
     from fedlm.model import char_rnn
     from fedlm.tracking import artifacts
 
     loaded = mlflow.tensorflow.load_model(f"runs:/{tiny_run_id}/{artifacts.LOGGED_MODEL_NAME}")
     cfg = compose_config(TINY)
-    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed)
-    eval_data = evaluation.build_eval_data(
-        client_data_lib.to_client_data(text.test), cfg.eval_clients, cfg.seed, cfg.seq_length, cfg.eval_batch_size
-    )
+    eval_data = keras_eval_data(cfg)
     result = metrics.compile_for_eval(loaded).evaluate(eval_data, verbose=0, return_dict=True)
     logged = _history(tiny_run_id, "eval_loss")
     assert result["loss"] == logged[max(logged)]

