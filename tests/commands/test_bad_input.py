@@ -85,6 +85,7 @@ def test_sqlite_store_in_an_unwritable_directory_is_refused():
 
 # --- disk -------------------------------------------------------------------------------------------------------
 
+@pytest.mark.e2e
 def test_unwritable_hydra_run_dir_is_one_clear_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

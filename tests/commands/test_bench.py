@@ -1,6 +1,8 @@
 """`python -m fedlm.bench` runs end to end (tiny sizes; figures are printed, never asserted) and both paths agree."""
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +12,7 @@ import mlflow
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.e2e
 def test_bench_runs_both_paths_with_the_same_results(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "fedlm.bench", "--models", "tiny", "--rounds", "2", "--warmup", "1",

@@ -75,6 +75,7 @@ def test_two_sources_are_rejected():
         generate.validate(compose_config(["run_id=x", "pretrained=true"], config_name="generate"))
 
 
+@pytest.mark.e2e
 def test_cli_prints_text_from_a_run(tiny_run_id, tmp_path):
     """The issue's command, on the session's tiny run; then the same run as 'the latest' gives the same text."""
     args = [f"run_id={tiny_run_id}", f"prompt={generator.TUTORIAL_PROMPT}", "length=50"]  # as the shell passes

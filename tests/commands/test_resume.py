@@ -65,6 +65,7 @@ def uninterrupted(tmp_path_factory) -> str:
     return run.info.run_id
 
 
+@pytest.mark.e2e
 def test_finished_run_keeps_its_last_checkpoints(uninterrupted):
     run = mlflow.get_run(uninterrupted)
     assert RunDirectory(run.data.tags["fedlm.run_dir"]).rounds() == [8, 10]  # every 2 rounds, the last 2 kept
@@ -84,6 +85,7 @@ def _interrupt_at(args: list[str], tmp_path, run_dir: str, round_num: int, sig: 
     return proc.returncode, before + after
 
 
+@pytest.mark.e2e
 def test_run_preempted_three_times_ends_as_the_uninterrupted_run(uninterrupted, tmp_path):
     """SIGKILL, then SIGTERM, then Ctrl-C, each followed by resume=true: same steps, values and final weights."""
     experiment = ["mlflow.experiment_name=preempted"]
@@ -113,6 +115,7 @@ def test_run_preempted_three_times_ends_as_the_uninterrupted_run(uninterrupted, 
     _assert_same_run(run.info.run_id, uninterrupted)  # recomputed rounds logged once
 
 
+@pytest.mark.e2e
 def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     # A server learning rate of 1e38: round 1 is fine, round 2's loss overflows to inf.
     result = run_fedlm([*TINY, "rounds=4", "eval_every=5", "checkpoint_every=1", "server_optimizer.learning_rate=1e38",

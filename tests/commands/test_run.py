@@ -1,6 +1,8 @@
 """A tiny real run through `python -m fedlm.run`, checked in MLflow, and checked for leftover processes."""
 from __future__ import annotations
 
+import pytest
+
 import mlflow
 import numpy as np
 
@@ -11,6 +13,7 @@ def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[in
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
+@pytest.mark.e2e
 def test_run_logs_rounds_params_and_artifacts(tiny_run, tiny_run_id):
     assert "round 2/2" in tiny_run.stdout and "ETA" in tiny_run.stdout
     client = mlflow.MlflowClient()
@@ -27,6 +30,7 @@ def test_run_logs_rounds_params_and_artifacts(tiny_run, tiny_run_id):
     assert {"config.yaml", "model", "samples", "plots", "sampled_clients.json"} <= artifacts
 
 
+@pytest.mark.e2e
 def test_step0_eval_equals_the_starting_model(tiny_run_id):
     """Round 0 is the pretrained model evaluated directly: the weights went into TFF's state intact."""
     import tensorflow as tf
@@ -43,6 +47,7 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
     assert logged[2] != logged[0]  # and training then moved it
 
 
+@pytest.mark.e2e
 def test_final_model_is_the_trained_one(tiny_run_id):
     import tensorflow as tf
 
@@ -55,12 +60,14 @@ def test_final_model_is_the_trained_one(tiny_run_id):
     assert any(not np.allclose(a, b) for a, b in zip(final, start))
 
 
+@pytest.mark.e2e
 def test_bad_value_fails_before_training(tmp_path):
     result = run_fedlm(["rounds=-1"], tmp_path)
     assert result.returncode == 2
     assert "rounds=-1" in result.stdout and "round 0" not in result.stdout
 
 
+@pytest.mark.e2e
 def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id, tmp_path):
     """The same config and seed in another process draws the same clients and logs the same metrics."""
     result = run_fedlm(["-m", *TINY, "seed=0,1", "mlflow.experiment_name=repro"], tmp_path)

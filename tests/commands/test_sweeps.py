@@ -28,6 +28,7 @@ def assert_full_history(children, rounds: int) -> None:
         assert steps == {"eval_loss": list(range(rounds + 1)), "train_loss": list(range(1, rounds + 1))}, steps
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("launcher", ["basic", "joblib"])
 def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, launcher):
     experiment = f"sweep_{launcher}"
@@ -55,6 +56,7 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
     assert_full_history(children, rounds=1)
 
 
+@pytest.mark.e2e
 def test_optuna_experiment_runs_three_trials_minimizing_final_eval_loss(tmp_path):
     result = run_fedlm(["-m", "experiment=optuna", *TINY, "rounds=1", "eval_every=1",
                         "mlflow.experiment_name=optuna"], tmp_path)

@@ -185,6 +185,7 @@ def test_every_tff_optimizer_instantiates_with_its_keys(group, name):
     assert hparams["learning_rate"] == pytest.approx(cfg[group].learning_rate)
 
 
+@pytest.mark.e2e
 def test_bad_input_is_refused_before_tensorflow_is_imported(tmp_path):
     """`run` stops on config and population errors without importing TensorFlow (a subprocess, to see sys.modules)."""
     script = f"""
@@ -210,6 +211,7 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
     assert "tensorflow imported: False" in out.stdout
 
 
+@pytest.mark.e2e
 def test_help_lists_every_group_and_the_config():
     out = subprocess.run([sys.executable, "-m", "fedlm.run", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

@@ -116,6 +116,7 @@ def test_files_that_do_not_fit_are_named_with_what_fits(tmp_path, make, message)
         starting_weights.load_keras_file(path, "model.init", E, H)
 
 
+@pytest.mark.e2e
 def test_run_with_unfitting_model_init_fails_before_training(tmp_path):
     """`fedlm.run`'s own path (in-process: TensorFlow is loaded already), stopped before any TFF work."""
     from hydra import compose, initialize_config_dir

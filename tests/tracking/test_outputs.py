@@ -25,6 +25,7 @@ def _history(run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in mlflow.MlflowClient().get_metric_history(run_id, key)}
 
 
+@pytest.mark.e2e
 def test_metrics_per_round(tiny_run_id):
     run = mlflow.get_run(tiny_run_id)
     for split, steps in (("train", [1, 2]), ("eval", [0, 1, 2])):
@@ -43,6 +44,7 @@ def test_metrics_per_round(tiny_run_id):
         assert run.data.metrics[key] == pytest.approx(value)
 
 
+@pytest.mark.e2e
 def test_samples_table_at_round_0_and_the_last(tiny_run_id):
     table = json.loads(mlflow.artifacts.load_text(f"runs:/{tiny_run_id}/{release.SAMPLES_TABLE}"))
     assert table["columns"] == ["round", "prompt", "temperature", "text"]
@@ -54,6 +56,7 @@ def test_samples_table_at_round_0_and_the_last(tiny_run_id):
     assert all(len(r[3]) == cfg.sample_length for r in rows)
 
 
+@pytest.mark.e2e
 def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
     """The weights handed back from TFF are the ones evaluated last: the MLflow model reproduces eval_loss exactly."""
     from fedlm.model import char_rnn
@@ -90,6 +93,7 @@ def test_final_model_can_be_registered(tmp_path):
     assert mlflow.get_run(run.info.run_id).data.tags[tags.KERAS_MODEL] == "model/final_model.h5"
 
 
+@pytest.mark.e2e
 def test_run_figure_is_logged_and_shows_the_logged_curves(tiny_run_id):
     assert plots.RUN_FIGURE in {a.path for a in mlflow.MlflowClient().list_artifacts(tiny_run_id, "plots")}
     fig = plots.run_figure(tiny_run_id)
@@ -132,6 +136,7 @@ def _get(url: str, data: dict | None = None):
         return response.read()
 
 
+@pytest.mark.e2e
 def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
     """`mlflow server` on loopback against the test store, queried over REST as the UI does; then shut down."""
     port = _free_port()
@@ -191,3 +196,25 @@ def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
     assert start.startswith("round 0/1") and "eval_loss 1.9000" in start
     assert trained.startswith("round 1/1") and "s/round" in trained and "final" not in trained
     assert final == "round 1/1  eval_loss 1.7000  (final evaluation)"
+
+
+@pytest.mark.e2e
+def test_params_are_the_chosen_options_and_only_their_keys(tiny_run_id):
+    """A plain FedAvg run logs which option each group chose, and no key of an option it did not choose."""
+    params = mlflow.get_run(tiny_run_id).data.params
+    assert {k: params[k] for k in ("aggregator", "algorithm", "optimizer", "sampling", "client_weighting", "eval")} \
+        == {"aggregator": "mean", "algorithm": "fedavg", "optimizer": "sgd", "sampling": "uniform",
+            "client_weighting": "num_examples", "eval": "keras"}
+    not_chosen = [k for k in params if k.startswith(("aggregator.", "algorithm.", "sampling.", "client_weighting."))]
+    assert not not_chosen, not_chosen  # mean, fedavg, uniform, num_examples have no keys of their own
+    assert not [k for k in params if k.endswith(("._target_", "._partial_"))]
+    assert params["optimizer.learning_rate"] == "0.5" and params["rounds"] == "2"
+
+
+def test_run_params_add_the_choices_and_drop_how_options_are_built():
+    from fedlm.tracking import runs
+
+    flat = {"aggregator._target_": "fedlm.fl.aggregators.dp", "aggregator._partial_": True,
+            "aggregator.noise_multiplier": 0.5, "rounds": 3}
+    choices = {"aggregator": "dp", "hydra/launcher": "basic", "experiment": None}
+    assert runs.run_params(flat, choices) == {"aggregator": "dp", "aggregator.noise_multiplier": 0.5, "rounds": 3}
