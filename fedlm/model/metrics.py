@@ -90,8 +90,8 @@ class _RatioMetric(tf.keras.metrics.Metric):
 class CharCrossEntropy(_RatioMetric):
     """Cross-entropy in nats per real target character (padding and OOV excluded), summed over all characters.
 
-    Unlike the loss (a mean of per-batch means), this does not depend on how characters fall into batches,
-    so exp() of it is the perplexity and it / ln 2 the bits per character.
+    Unlike the loss (TFF's and Keras's mean of the per-batch means, weighted by each batch's sequences), this does not
+    depend on how characters fall into batches, so exp() of it is the perplexity and it / ln 2 the bits per character.
     """
 
     def __init__(self, name: str = "cross_entropy", dtype=tf.float32, **kwargs):

@@ -186,7 +186,7 @@ def test_every_tff_optimizer_instantiates_with_its_keys(group, name):
 
 
 @pytest.mark.e2e
-def test_bad_input_is_refused_before_tensorflow_is_imported(tmp_path):
+def test_bad_input_is_refused_before_tensorflow_is_imported(tmp_path, federated_text):
     """`run` stops on config and population errors without importing TensorFlow (a subprocess, to see sys.modules)."""
     script = f"""
 import sys
@@ -206,7 +206,7 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.count("refused:") == 3, out.stdout
-    assert "clients_per_round=5000: larger than the training population of 898" in out.stdout
+    assert f"clients_per_round=5000: larger than the training population of {len(federated_text.train)}" in out.stdout
     assert "unknown client id(s) ['NOBODY']" in out.stdout
     assert "tensorflow imported: False" in out.stdout
 

@@ -1,6 +1,7 @@
 import collections
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from fedlm import vocab
@@ -27,6 +28,40 @@ def test_sequences_pad_the_tail_instead_of_dropping():
     # chunks of seq_length + 1 do not overlap, as in the tutorial: "abcde" then "fg" + padding
     assert vocab.decode(x[1]) == "fg" and vocab.decode(y[1]) == "g"
     assert y[1].tolist() == [vocab.CHAR_TO_ID["g"]] + [vocab.PAD_ID] * 3
+
+
+def _pairs(ds):
+    return [(x.tolist(), y.tolist()) for x, y in ds.as_numpy_iterator()]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_a_single_character_tail_is_no_sequence(k):
+    """A client of k·(seq_length + 1) + 1 characters: the lone last character would be an input without a target."""
+    seq_length = 4
+    text = "".join(np.random.default_rng(k).choice(list("abcdefgh \n"), k * (seq_length + 1) + 1))
+    got = _pairs(preprocessing.to_sequences(_snippets(text[:3], text[3:]), seq_length))  # chunks cross speeches
+    assert len(got) == k and all(vocab.PAD_ID not in y for _, y in got)  # k full sequences, each with its targets
+    assert got == _pairs(preprocessing.to_sequences(_snippets(text[:-1]), seq_length))  # the rest unchanged
+
+
+def test_tails_of_two_or_more_characters_are_kept():
+    seq_length = 4
+    for n in range(2, 3 * (seq_length + 1) + 1):
+        if n % (seq_length + 1) == 1:
+            continue
+        got = _pairs(preprocessing.to_sequences(_snippets("x" * n), seq_length))
+        assert len(got) == -(-n // (seq_length + 1)), n  # every chunk, the last one padded
+        # every character is a target but each chunk's first
+        assert sum(t != vocab.PAD_ID for _, y in got for t in y) == n - len(got), n
+
+
+def test_eval_sequences_drop_single_character_tails_too():
+    from fedlm.data import client_data as client_data_lib
+
+    client_data = client_data_lib.to_client_data({"A": ["abcdefghijk"], "B": ["lmnopqr"]})  # 2·5 + 1 and 5 + 2 chars
+    got = [(x, y) for bx, by in preprocessing.clients_eval_dataset(client_data, ["A", "B"], 4, 8).as_numpy_iterator()
+           for x, y in zip(bx, by)]
+    assert len(got) == 2 + 2 and all((y != vocab.PAD_ID).any() for _, y in got)
 
 
 def test_short_client_yields_one_padded_batch():

