@@ -3,11 +3,13 @@ the data is parsed) the population. Each raises `ConfigError` naming the key, th
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import operator
 import os
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from fedlm import vocab
 from fedlm.conf import schema
@@ -18,18 +20,33 @@ _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.
 
 
 def check_bounds(node: DictConfig, prefix: str = "") -> None:
-    """Walk a config next to its dataclass schema; raise on the first value outside its declared bounds."""
+    """Walk a config next to its dataclass schema; raise on the first key the schema does not have (Hydra's `+key=`
+    adds one), the first NaN or infinite float, and the first value outside its declared bounds."""
     schema = OmegaConf.get_type(node)
     fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
     for key in node.keys():
+        path = f"{prefix}{key}"
+        if fields and key not in fields and key != "hydra":
+            known = [f.name for f in fields.values() if not f.name.startswith("_")]
+            closest = difflib.get_close_matches(str(key), known, n=1) or [
+                k for k in known if "".join(w[0] for w in k.split("_")) == key  # lr -> learning_rate
+            ]
+            hint = f"; did you mean {prefix}{closest[0]}?" if closest else f"; known keys: {', '.join(known)}"
+            raise ConfigError(f"{path}: no such key (added by `+{path}=…`?){hint}")
         if OmegaConf.is_missing(node, key):
             continue
-        value, path = node[key], f"{prefix}{key}"
+        value = node[key]
         if isinstance(value, DictConfig):
             check_bounds(value, path + ".")
             continue
         bounds = fields[key].metadata.get("bounds") if key in fields else None
-        if not bounds or value is None:
+        if not bounds:  # still no NaN or infinity: nothing fedlm takes means one (e.g. sample_temperatures=[nan])
+            for i, item in enumerate(value if isinstance(value, ListConfig) else [value]):
+                if isinstance(item, float) and not math.isfinite(item):
+                    where = f"{path}[{i}]" if isinstance(value, ListConfig) else path
+                    raise ConfigError(f"{where}={item!r}: must be a finite number")
+            continue
+        if value is None:
             continue
         # TF computes in float32: a value beyond its range would silently become inf.
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX

@@ -102,6 +102,11 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["optimizer=adamw", "optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1"),
         (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan: must be > 0.0 (and a finite float32"),
         (["optimizer.learning_rate=1e39"], "optimizer.learning_rate=1e+39: must be > 0.0 (and a finite float32"),
+        (["+round=5"], "round: no such key (added by `+round=…`?); did you mean rounds?"),
+        (["+optimizer.lr=0.1"], "optimizer.lr: no such key (added by `+optimizer.lr=…`?); did you mean "
+                                "optimizer.learning_rate?"),
+        (["sample_temperatures=[nan]"], "sample_temperatures[0]=nan: must be a finite number"),
+        (["sample_temperatures=[1.0,inf]"], "sample_temperatures[1]=inf: must be a finite number"),
         (["runtime.max_concurrent_clients=-1"], "runtime.max_concurrent_clients=-1: must be >= 0"),
         (["pretrain.learning_rate=0"], "pretrain.learning_rate=0.0"),
         (["model.embedding_dim=0"], "model.embedding_dim=0"),
