@@ -78,21 +78,35 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
     # other schemes (databricks, ...): MLflow's own client reports its errors
 
 
+def check_run_dir_unused(path: str | os.PathLike, key: str) -> None:
+    """A new run must not start in a directory that holds another run: Hydra would rewrite that run's `.hydra`
+    record (config, overrides) before fedlm runs, and its checkpoints would be another run's."""
+    record = Path(path) / ".hydra" / "hydra.yaml"
+    if record.exists():
+        raise ConfigError(
+            f"{key}={str(path)!r}: already holds another run (its Hydra record {record.parent}); choose another "
+            f"{key}, or continue that run with resume={path}"
+        )
+
+
 class OutputDirCheck(Callback):
-    """Hydra creates the output directory before fedlm runs; an unwritable one would end in Hydra's traceback.
+    """Hydra creates the output directory and writes its record there before fedlm runs; an unwritable one would
+    end in Hydra's traceback, and one holding another run would lose that run's record.
 
     Checked here first, with one line naming the key and exit code 2 like every config error.
     """
 
     def on_run_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir, "hydra.run.dir")
+        self._check(config.hydra.run.dir, "hydra.run.dir", new_run=config.get("resume") is False)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir, "hydra.sweep.dir")
+        self._check(config.hydra.sweep.dir, "hydra.sweep.dir", new_run=False)
 
     @staticmethod
-    def _check(path: str, key: str) -> None:
+    def _check(path: str, key: str, new_run: bool) -> None:
         try:
+            if new_run:  # resuming writes the continued run's own record: the same config, by the same run
+                check_run_dir_unused(path, key)
             check_writable_dir(path, key)
         except ConfigError as e:
             print(f"fedlm: config error: {e}", file=sys.stderr)

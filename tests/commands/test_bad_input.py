@@ -137,3 +137,28 @@ def test_no_space_left_on_writing_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "TemporaryFile", full)
     with pytest.raises(ConfigError, match=r"cache_dir='.*': cannot write there \(No space left on device\)"):
         preflight.check_writable_dir(tmp_path, "cache_dir")
+
+
+@pytest.mark.e2e
+def test_a_new_run_in_another_runs_directory_is_refused_before_anything_is_written(tmp_path):
+    """Hydra writes its record (.hydra/) before fedlm runs: a second run there would overwrite the first's."""
+    record = tmp_path / "run" / ".hydra"
+    record.mkdir(parents=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (record / name).write_text(f"the first run's {name}\n")
+    result = run_fedlm([*TINY], tmp_path)
+    assert result.returncode == 2, result.stdout[-2000:]
+    assert f"hydra.run.dir='{tmp_path / 'run'}': already holds another run" in result.stdout
+    assert "pretraining" not in result.stdout  # refused before any work
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        assert (record / name).read_text() == f"the first run's {name}\n"
+
+
+def test_default_run_directories_of_the_same_second_differ():
+    from hydra import compose, initialize_config_dir
+
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        dirs = {compose(config_name="config", return_hydra_config=True).hydra.run.dir for _ in range(3)}
+    assert len(dirs) == 3
