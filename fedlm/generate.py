@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from fedlm.conf import schema
-from fedlm.conf.checks import check_bounds, check_prompt
+from fedlm.conf.checks import check_bounds, check_model_file, check_prompt
 from fedlm.errors import ConfigError
 
 
@@ -31,8 +31,7 @@ def validate(cfg: DictConfig) -> None:
     if len(given) > 1:
         raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: give at most one of run_id=, "
                           f"model_file=, pretrained=true (none = the latest run)")
-    if cfg.model_file is not None and not os.path.exists(cfg.model_file):
-        raise ConfigError(f"model_file={cfg.model_file!r}: no such file (a Keras model file)")
+    check_model_file(cfg.model_file, "model_file", "or run_id= / pretrained=true")
 
 
 def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
@@ -43,6 +42,9 @@ def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
     from fedlm.tracking import store, tags
 
     uri = store.tracking_uri_or_default(cfg.mlflow.tracking_uri)
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):  # MLflow would create it
+        raise ConfigError(f"mlflow.tracking_uri={uri!r}: no such store (no file {uri[len('sqlite:///'):]}); "
+                          "give the store your runs were logged to (or model_file=, pretrained=true)")
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     if cfg.run_id is not None:

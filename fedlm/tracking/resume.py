@@ -113,7 +113,11 @@ def _latest_matching_unfinished(experiment_name: str, current: Mapping[str, Any]
         rounds = directory.rounds()
         if not rounds or directory.in_use():
             continue
-        saved = directory.config()
+        try:
+            saved = directory.config()
+        except ConfigError as e:  # one broken run directory must not stop the search for the matching one
+            print(f"fedlm: resume=true skips run {run.info.run_id}: {e}", flush=True)
+            continue
         if any(k in saved for k in OLD_LAYOUT_KEYS):
             continue  # resume=true looks for runs of this config: an older layout's never is one
         diff = config_differences(saved, current)

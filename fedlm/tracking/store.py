@@ -11,6 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from fedlm.conf import preflight
+from fedlm.errors import ConfigError
 from fedlm.vocab import RANDOM_GUESS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -65,10 +66,18 @@ def tracking_uri_or_default(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
-def connect(uri: str | None) -> str:
+def connect(uri: str | None, experiment_name: str) -> str:
     """Use `mlflow.tracking_uri` (or $MLFLOW_TRACKING_URI, or the default store) in this process, checked first:
-    results need somewhere to go before any work starts (preflight.check_tracking_store). The URI."""
+    results need somewhere to go before any work starts (preflight.check_tracking_store), and a deleted experiment
+    of that name would refuse them. The URI."""
     uri = tracking_uri_or_default(uri)
     preflight.check_tracking_store(uri)
     mlflow.set_tracking_uri(uri)
+    experiment = mlflow.MlflowClient().get_experiment_by_name(experiment_name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"mlflow.experiment_name={experiment_name!r}: that experiment is deleted in {uri}; restore it "
+            f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`, with MLFLOW_TRACKING_URI "
+            "set to the store) or choose another name"
+        )
     return uri

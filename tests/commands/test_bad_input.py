@@ -162,3 +162,24 @@ def test_default_run_directories_of_the_same_second_differ():
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         dirs = {compose(config_name="config", return_hydra_config=True).hydra.run.dir for _ in range(3)}
     assert len(dirs) == 3
+
+
+def test_a_database_store_without_its_driver_is_refused_naming_the_package():
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='postgresql://fedlm:\*\*\*@"
+                                          r"db/runs': the database driver 'psycopg2' is not installed; .*"
+                                          r"uv add psycopg2-binary"):
+        preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")
+
+
+def test_a_deleted_experiment_is_refused_before_any_work(tmp_path):
+    import mlflow
+
+    from fedlm.tracking import store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.delete_experiment(mlflow.create_experiment("gone"))
+    with pytest.raises(ConfigError, match=r"mlflow.experiment_name='gone': that experiment is deleted in .*"
+                                          r"mlflow experiments restore --experiment-id"):
+        store.connect(uri, "gone")
+    assert store.connect(uri, "fresh") == uri

@@ -43,12 +43,17 @@ def test_sampling_is_seeded_and_temperature_sharpens():
     ("prompt='café'", r"prompt='café': characters outside the vocabulary: \['é'\]"),
     ("prompt=''", r"prompt='': must be a non-empty string"),
     ("model_file=/no/such/model.h5", r"model_file='/no/such/model.h5': no such file"),
+    ("mlflow.tracking_uri=sqlite:////no/such/mlflow.db", r"mlflow.tracking_uri='sqlite:////no/such/mlflow.db': no such "
+                                                         r"store \(no file /no/such/mlflow.db\)"),
     ("run_id=abc", r"run_id='abc': no such run in sqlite:///"),
     ("mlflow.experiment_name=nothing_yet", r"run_id=null \(the latest run\): no finished run with a model in "
                                             r"experiment mlflow.experiment_name='nothing_yet'"),
     ("pretrained=true", r"pretrained=true: no pretrained model cached for model=small"),
 ])
 def test_bad_inputs_name_key_value_and_what_is_allowed(override, message):
+    import mlflow
+
+    mlflow.MlflowClient().search_experiments()  # the tests' store exists (a mistyped one is another case above)
     with pytest.raises(ConfigError, match=message):
         generate.generate(compose_config([override, "cache_dir=/nonexistent"], config_name="generate"))
 

@@ -102,6 +102,12 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["optimizer=adamw", "optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1"),
         (["optimizer.learning_rate=nan"], "optimizer.learning_rate=nan: must be > 0.0 (and a finite float32"),
         (["optimizer.learning_rate=1e39"], "optimizer.learning_rate=1e+39: must be > 0.0 (and a finite float32"),
+        (["seed=4294967296"], "seed=4294967296: must be >= 0 and < 4294967296"),
+        (["mlflow.experiment_name=''"], "mlflow.experiment_name='': must be a non-empty name"),
+        (["cache_dir=''"], "cache_dir='': empty (FEDLM_CACHE_DIR set to ''?)"),
+        (["data.proxy_genres=[foo]"], "data.proxy_genres=['foo']: unknown genre(s) ['foo']; allowed: ['comedies',"),
+        (["data=tff_shakespeare", "data.proxy_genres=[histories,x]"], "data.proxy_genres=['histories', 'x']: unknown"),
+        (["model.init=/"], "model.init='/': a directory, but no SavedModel (no saved_model.pb in it)"),
         (["+round=5"], "round: no such key (added by `+round=…`?); did you mean rounds?"),
         (["+optimizer.lr=0.1"], "optimizer.lr: no such key (added by `+optimizer.lr=…`?); did you mean "
                                 "optimizer.learning_rate?"),

@@ -16,3 +16,13 @@ def test_a_run_of_the_old_layout_is_refused_with_the_reason(tmp_path):
                                           r"git checkout 9972261"):
         resume.check_same_layout("'x'", directory, saved)
     resume.check_same_layout("'x'", directory, {"aggregator._target_": "fedlm.fl.aggregators.mean"})  # today's
+
+
+@pytest.mark.parametrize("name, content", [("config.yaml", "rounds: [unclosed"), ("mlflow_run.json", "{\"run_i")])
+def test_an_unreadable_run_record_names_its_file(tmp_path, name, content):
+    directory = RunDirectory(tmp_path)
+    directory.checkpoints.mkdir()
+    (directory.checkpoints / name).write_text(content)
+    read = directory.config if name == "config.yaml" else directory.run_id
+    with pytest.raises(ConfigError, match=f"{directory.checkpoints / name}: unreadable"):
+        read()
