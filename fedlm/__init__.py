@@ -6,3 +6,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per table append / model download
+# gRPC's fork handlers serve children that go on using gRPC without exec; fedlm's children (TFF's worker, Hydra's
+# joblib workers) exec at once. With the handlers on, each fork while TFF's channel is busy logs "Other threads
+# are currently calling into gRPC, skipping fork() handlers" (the benchmark's second worker).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
