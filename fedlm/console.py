@@ -1,0 +1,95 @@
+"""The console shows fedlm's lines (and Hydra's), not its libraries' start-up noise.
+
+- `filter_first_import`: TensorFlow 2.14 logs three errors and a warning while its shared libraries load, on every
+  machine: both of its libraries register XLA's CUDA plugins (tensorflow#62075), and TF-TRT looks for TensorRT.
+  TF_CPP_MIN_LOG_LEVEL cannot drop just those: TF reads it once, at its first line, and the errors would need
+  level 3, which hides every later C++ error too. So those lines alone are dropped, and only while TF loads.
+Standard library only: `fedlm/__init__.py` imports this before anything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.abc
+import importlib.machinery
+import os
+import re
+import sys
+import threading
+from types import ModuleType
+from typing import Any, Iterator
+
+TENSORFLOW_IMPORT_NOISE = re.compile(
+    rb"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
+    rb"already been registered|TF-TRT Warning: Could not find TensorRT"
+)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+@contextlib.contextmanager
+def stderr_without(pattern: re.Pattern[bytes]) -> Iterator[None]:
+    """File descriptor 2 (where C++ libraries log) through a pipe that drops the lines matching `pattern`."""
+    sys.stderr.flush()
+    console = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with open(read_end, "rb") as pipe:
+            for line in pipe:
+                if not pattern.search(line):
+                    _write_all(console, line)
+
+    thread = threading.Thread(target=pump, name="fedlm-stderr-filter", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(console, 2)  # closes the pipe's last write end: the pump forwards what is left, then ends
+        thread.join(timeout=10.0)  # a child started meanwhile would hold the pipe open: leave the pump to it
+        if not thread.is_alive():
+            os.close(console)
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    def __init__(self, finder: _FilteredFirstImport, loader: importlib.abc.Loader):
+        self._finder, self._loader = finder, loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self._finder)  # once: later imports find the module in sys.modules
+        module.__loader__ = module.__spec__.loader = self._loader  # the package sees its own loader
+        with stderr_without(self._finder.pattern):
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _FilteredFirstImport(importlib.abc.MetaPathFinder):
+    def __init__(self, package: str, pattern: re.Pattern[bytes]):
+        self.package, self.pattern = package, pattern
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname != self.package:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _FilteredLoader(self, spec.loader)
+        return spec
+
+
+def filter_first_import(package: str, pattern: re.Pattern[bytes]) -> None:
+    """The first import of top-level `package`, wherever it happens, runs with `stderr_without(pattern)`."""
+    if package not in sys.modules and not any(
+            isinstance(f, _FilteredFirstImport) and f.package == package for f in sys.meta_path):
+        sys.meta_path.insert(0, _FilteredFirstImport(package, pattern))
+

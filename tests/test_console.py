@@ -1,0 +1,31 @@
+"""The stderr line filter, C++ libraries' writes included."""
+from __future__ import annotations
+
+import os
+import re
+
+from fedlm import console
+
+
+def test_stderr_without_drops_only_matching_lines(capfd):
+    with console.stderr_without(re.compile(rb"^E .*Unable to register cuDNN factory")):
+        os.write(2, b"E 2026 cuda_dnn.cc] Unable to register cuDNN factory: already registered\n")
+        os.write(2, b"E 2026 op_kernel.cc] a real error\n")  # what a C++ library writes, bypassing sys.stderr
+        os.write(2, b"no newline at the end")
+    os.write(2, b"\nafter\n")
+    assert capfd.readouterr().err == "E 2026 op_kernel.cc] a real error\nno newline at the end\nafter\n"
+
+
+def test_tensorflow_noise_pattern_matches_the_lines_tf_2_14_logs():
+    noise = [
+        b"2026-12-01 09:20:10.059362: E tensorflow/compiler/xla/stream_executor/cuda/cuda_dnn.cc:9342] Unable to "
+        b"register cuDNN factory: Attempting to register factory for plugin cuDNN when one has already been registered",
+        b"2026-12-01 09:20:10.059487: E tensorflow/compiler/xla/stream_executor/cuda/cuda_blas.cc:1518] Unable to "
+        b"register cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been registered",
+        b"2026-12-01 09:20:14.844063: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could "
+        b"not find TensorRT",
+    ]
+    real = b"2026-12-01 09:20:10.059487: E tensorflow/core/framework/op_kernel.cc:1830] OP_REQUIRES failed"
+    assert all(console.TENSORFLOW_IMPORT_NOISE.search(line) for line in noise)
+    assert not console.TENSORFLOW_IMPORT_NOISE.search(real)
+
