@@ -1,9 +1,11 @@
-"""The console shows fedlm's lines (and Hydra's), not its libraries' start-up noise.
+"""The console shows fedlm's lines (and Hydra's), not its libraries' start-up noise, and the run log keeps them.
 
 - `filter_first_import`: TensorFlow 2.14 logs three errors and a warning while its shared libraries load, on every
   machine: both of its libraries register XLA's CUDA plugins (tensorflow#62075), and TF-TRT looks for TensorRT.
   TF_CPP_MIN_LOG_LEVEL cannot drop just those: TF reads it once, at its first line, and the errors would need
   level 3, which hides every later C++ error too. So those lines alone are dropped, and only while TF loads.
+- `Tee`: fedlm's lines are prints; Hydra's job log gets them through a tee of sys.stdout/sys.stderr
+  (`fedlm.conf.runlog`).
 Standard library only: `fedlm/__init__.py` imports this before anything else.
 """
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 import sys
 import threading
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TextIO
 
 TENSORFLOW_IMPORT_NOISE = re.compile(
     rb"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
@@ -93,3 +95,25 @@ def filter_first_import(package: str, pattern: re.Pattern[bytes]) -> None:
             isinstance(f, _FilteredFirstImport) and f.package == package for f in sys.meta_path):
         sys.meta_path.insert(0, _FilteredFirstImport(package, pattern))
 
+
+class Tee:
+    """A text stream writing to `stream` that also hands each complete line to `sink`."""
+
+    def __init__(self, stream: TextIO, sink: Callable[[str], None]):
+        self.stream, self._sink = stream, sink
+        self._partial = ""
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        written = self.stream.write(text)
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._sink(line)
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...
+        return getattr(self.stream, name)

@@ -1,6 +1,7 @@
-"""The stderr line filter, C++ libraries' writes included."""
+"""The stderr line filter (C++ libraries' writes included) and the console tee."""
 from __future__ import annotations
 
+import io
 import os
 import re
 
@@ -29,3 +30,13 @@ def test_tensorflow_noise_pattern_matches_the_lines_tf_2_14_logs():
     assert all(console.TENSORFLOW_IMPORT_NOISE.search(line) for line in noise)
     assert not console.TENSORFLOW_IMPORT_NOISE.search(real)
 
+
+def test_tee_hands_on_complete_lines():
+    stream, lines = io.StringIO(), []
+    tee = console.Tee(stream, lines.append)
+    print("round 1/2", file=tee)
+    tee.write("round 2/2 ")
+    assert lines == ["round 1/2"]
+    tee.write("ETA 0s\nfinal")
+    assert lines == ["round 1/2", "round 2/2 ETA 0s"] and stream.getvalue() == "round 1/2\nround 2/2 ETA 0s\nfinal"
+    assert tee.getvalue() == stream.getvalue()  # anything else is the stream's
