@@ -97,23 +97,33 @@ def filter_first_import(package: str, pattern: re.Pattern[bytes]) -> None:
 
 
 class Tee:
-    """A text stream writing to `stream` that also hands each complete line to `sink`."""
+    """A text stream writing to `stream` that also hands each complete line to `sink` until closed.
+
+    Closing it never closes `stream`, which it does not own: a logging handler made while the tee was sys.stderr
+    keeps it, and closes it when logging is reconfigured (absl's does, for any stream that is no longer
+    sys.stderr) -- that must not close the real stderr, nor tee later lines to a finished job's log."""
 
     def __init__(self, stream: TextIO, sink: Callable[[str], None]):
         self.stream, self._sink = stream, sink
         self._partial = ""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a signal handler that prints (fedlm.fl.runtime) runs on the writing thread
 
     def write(self, text: str) -> int:
         written = self.stream.write(text)
         with self._lock:
             *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            self._sink(line)
+            sink = self._sink
+        if sink is not None:
+            for line in lines:
+                sink(line)
         return written
 
     def flush(self) -> None:
         self.stream.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._sink = None
 
     def __getattr__(self, name: str) -> Any:  # fileno, isatty, encoding, buffer, ...
         return getattr(self.stream, name)

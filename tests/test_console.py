@@ -22,7 +22,8 @@ def test_tensorflow_noise_pattern_matches_the_lines_tf_2_14_logs():
         b"2026-12-01 09:20:10.059362: E tensorflow/compiler/xla/stream_executor/cuda/cuda_dnn.cc:9342] Unable to "
         b"register cuDNN factory: Attempting to register factory for plugin cuDNN when one has already been registered",
         b"2026-12-01 09:20:10.059487: E tensorflow/compiler/xla/stream_executor/cuda/cuda_blas.cc:1518] Unable to "
-        b"register cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been registered",
+        b"register cuBLAS factory: Attempting to register factory for plugin cuBLAS when one has already been "
+        b"registered",
         b"2026-12-01 09:20:14.844063: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: Could "
         b"not find TensorRT",
     ]
@@ -40,3 +41,12 @@ def test_tee_hands_on_complete_lines():
     tee.write("ETA 0s\nfinal")
     assert lines == ["round 1/2", "round 2/2 ETA 0s"] and stream.getvalue() == "round 1/2\nround 2/2 ETA 0s\nfinal"
     assert tee.getvalue() == stream.getvalue()  # anything else is the stream's
+
+
+def test_closing_the_tee_stops_teeing_and_leaves_the_stream_open():
+    stream, lines = io.StringIO(), []
+    tee = console.Tee(stream, lines.append)
+    tee.close()  # as absl's handler does to a stream that is no longer sys.stderr
+    tee.write("after\n")
+    assert not stream.closed and stream.getvalue() == "after\n" and lines == []
+

@@ -31,19 +31,20 @@ class ConsoleToRunLog(Callback):
     A job ended by SystemExit (fedlm's config and run errors) skips `on_job_end`: the process is ending anyway."""
 
     def __init__(self) -> None:
-        self._streams: tuple[Any, Any] | None = None
+        self._tees: tuple[Tee, Tee] | None = None
 
     def on_job_start(self, config: Any, **kwargs: Any) -> None:
         handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
-        if not handlers or self._streams is not None:
+        if not handlers or self._tees is not None:
             return
-        self._streams = sys.stdout, sys.stderr
-        sys.stdout = Tee(sys.stdout, _to_log_files(handlers, "stdout", logging.INFO))
-        sys.stderr = Tee(sys.stderr, _to_log_files(handlers, "stderr", logging.WARNING))
+        self._tees = (Tee(sys.stdout, _to_log_files(handlers, "stdout", logging.INFO)),
+                      Tee(sys.stderr, _to_log_files(handlers, "stderr", logging.WARNING)))
+        sys.stdout, sys.stderr = self._tees
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
-        if self._streams is not None:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            sys.stdout, sys.stderr = self._streams
-            self._streams = None
+        if self._tees is not None:
+            out, err = self._tees
+            out.close()  # stops teeing, for whoever kept a reference to it
+            err.close()
+            sys.stdout, sys.stderr = out.stream, err.stream
+            self._tees = None

@@ -10,8 +10,8 @@ import pytest
 
 from tests.conftest import TINY, run_fedlm
 
-# Every line a normal tiny run may print: fedlm's, then Hydra's own records (its loggers only, in its job_logging
-# format). A library line (TF's C++ log, alembic, gRPC, a Python logger of TF's) matches none.
+# Every line a normal tiny run may print: fedlm's, then Hydra's own records (its loggers only, in its two
+# formats). A library line (TF's C++ log, alembic, gRPC, a Python logger of TF's) matches none.
 ALLOWED = [re.compile(p) for p in (
     r"pretraining tiny on [\d,]+ characters \(.*\) for \d+ steps of \d+x\d+",
     r"pretrain step \d+/\d+  loss \d+\.\d+  acc \d\.\d+  [\d.]+ steps/s  ETA \d+s",
@@ -22,7 +22,8 @@ ALLOWED = [re.compile(p) for p in (
     r"round +\d+/\d+  .*",
     r"final eval_loss \d+\.\d+  eval_accuracy \d\.\d+  eval_perplexity [\d.]+; model at \S+",
     r"(fedlm|data): .*",
-    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[(HYDRA|hydra[\w.]*)\]\[\w+\] - .*",
+    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[HYDRA\] .*",  # hydra_logging's format (a multirun's jobs)
+    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[hydra[\w.]*\]\[\w+\] - .*",  # job_logging's, Hydra's loggers
 )]
 # Hydra's job_logging format, as fedlm's run log writes the console's lines.
 LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[([\w.]+)\]\[\w+\] - (.*)")
