@@ -365,13 +365,9 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
 
 
 def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) -> None:
-    import logging
-
     import mlflow
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)  # as conf/config.yaml does for runs
-
-    from fedlm.tracking import store, tags
+    from fedlm.tracking import store, tags  # its store builders keep alembic's migration lines off the console
 
     mlflow.set_tracking_uri(store.tracking_uri_or_default(cfg.mlflow.tracking_uri))
     store.get_or_create_experiment("benchmarks")

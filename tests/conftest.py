@@ -27,6 +27,8 @@ _sessions: set[int] = set()  # session ids of the fedlm subprocesses the tests s
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_env(tmp_path_factory):
+    from fedlm.tracking import store  # noqa: F401  (the tests' own MLflow calls open stores its way: no ./mlruns)
+
     root = tmp_path_factory.mktemp("fedlm")
     os.environ["FEDLM_CACHE_DIR"] = str(root / "cache")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
@@ -87,20 +89,21 @@ def keras_eval_data(cfg):
     return preprocessing.clients_eval_dataset(test, ids, cfg.seq_length, cfg.eval_batch_size)
 
 
-def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run") -> subprocess.Popen:
+def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run",
+                cwd: Path = ROOT) -> subprocess.Popen:
     """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / run_dir}", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     _sessions.add(proc.pid)
     return proc
 
 
 def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600, module: str = "fedlm.run",
-              run_dir: str = "run") -> subprocess.CompletedProcess:
+              run_dir: str = "run", cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run `python -m <module>` in its own session, then assert nothing of that session is left running."""
-    proc = start_fedlm(args, tmp_path, run_dir, module)
+    proc = start_fedlm(args, tmp_path, run_dir, module, cwd)
     out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open
     assert_session_ended(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)

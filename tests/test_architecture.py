@@ -13,7 +13,7 @@ PACKAGE = ROOT / "fedlm"
 
 # Lowest first. A module may import its own layer and the layers below; a command imports no other command.
 LAYERS = [
-    ("leaves", ["fedlm", "fedlm.errors", "fedlm.utils", "fedlm.vocab"]),
+    ("leaves", ["fedlm", "fedlm.console", "fedlm.errors", "fedlm.utils", "fedlm.vocab"]),
     ("conf", ["fedlm.conf"]),
     ("data", ["fedlm.data"]),
     ("model", ["fedlm.model"]),
@@ -27,8 +27,8 @@ COMMANDS = dict(LAYERS)["commands"]
 # Imported by Hydra for every run, or before bad input is refused: each must load without the 8 s TensorFlow
 # import or the 5 s MLflow import (the heavy work is imported inside functions, in the order of its cost).
 LIGHT = [
-    "fedlm", "fedlm.errors", "fedlm.utils", "fedlm.vocab",
-    "fedlm.conf", "fedlm.conf.schema", "fedlm.conf.checks", "fedlm.conf.preflight",
+    "fedlm", "fedlm.console", "fedlm.errors", "fedlm.utils", "fedlm.vocab",
+    "fedlm.conf", "fedlm.conf.schema", "fedlm.conf.checks", "fedlm.conf.preflight", "fedlm.conf.runlog",
     "fedlm.data", "fedlm.data.shakespeare", "fedlm.data.sources",
     "fedlm.model", "fedlm.fl", "fedlm.fl.runtime",
     "fedlm.tracking", "fedlm.tracking.tags", "fedlm.tracking.sweep",

@@ -1,14 +1,21 @@
 """MLflow's store: where runs go (the tracking URI and its default), experiments, params and the config file.
-No TensorFlow here: `fedlm.run` checks the store before importing it."""
+No TensorFlow here: `fedlm.run` checks the store before importing it.
+
+Importing this module makes MLflow open database stores through `_database_store` (see there): a sqlite store's
+default artifact root beside the .db file, and the host's logging left alone while MLflow migrates the schema."""
 from __future__ import annotations
 
+import contextlib
+import logging.config
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import mlflow
 from mlflow.exceptions import MlflowException
+from mlflow.store.db.db_types import DATABASE_ENGINES
+from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
 
 from fedlm.conf import preflight
 from fedlm.errors import ConfigError
@@ -34,8 +41,55 @@ def git_commit() -> str:
 def _artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a sqlite store go beside the .db file (not ./mlruns of whatever directory we run in)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///"):]).parent.resolve() / "mlartifacts").as_uri()
     return None  # a tracking server decides
+
+
+@contextlib.contextmanager
+def _host_logging_kept() -> Iterator[None]:
+    """MLflow 3.5 migrates a database store on every open (its all-tables check misses its newer tables), and its
+    alembic env.py then runs `logging.config.fileConfig(alembic.ini)`: the root handlers (Hydra's console and run
+    log) are replaced by a stderr one and alembic is set to INFO, 44 lines on a new store, 2-4 later. Fixed
+    upstream (mlflow#19038); until then the migration runs with `fileConfig` a no-op, and without INFO records
+    (some migrations log under their own module names, not alembic's)."""
+    file_config, disabled = logging.config.fileConfig, logging.root.manager.disable
+    logging.config.fileConfig = lambda *args, **kwargs: None
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.config.fileConfig = file_config
+        logging.disable(disabled)
+
+
+def _database_store(store_uri: str, artifact_uri: str | None = None):
+    """MLflow's builder of database tracking stores, but with no empty ./mlruns: without an explicit artifact
+    root (a server passes one) MLflow creates ./mlruns in the working directory, wherever the store is."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    root = artifact_uri or _artifact_location(store_uri) or DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    with _host_logging_kept():
+        return SqlAlchemyStore(store_uri, root)
+
+
+def _database_registry_store(store_uri: str, **_: Any):
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    with _host_logging_kept():  # the model registry's store migrates on open too
+        return SqlAlchemyStore(store_uri)
+
+
+def _register_database_stores() -> None:
+    """MLflow's plugin hook (a store builder per URI scheme), reached through its registries' module globals."""
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    for scheme in DATABASE_ENGINES:
+        tracking_utils._tracking_store_registry.register(scheme, _database_store)
+        registry_utils._get_store_registry().register(scheme, _database_registry_store)
+
+
+_register_database_stores()
 
 
 def get_or_create_experiment(name: str):
