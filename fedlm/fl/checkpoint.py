@@ -67,6 +67,22 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
         self.saved_round = version
         return state
 
+    async def load_latest(self, structure: Any) -> tuple[Any, int]:
+        """The latest checkpoint that reads back; a corrupt one (a disk error, a partial copy) is reported and the one
+        before it is used, as the rounds after it are recomputed exactly (module docstring). (None, 0): none."""
+        versions = await self.get_versions()
+        errors = []
+        for version in sorted(versions or [], reverse=True):
+            try:
+                return await self.load(version, structure), version
+            except CheckpointError as e:
+                errors.append(str(e))
+                print(f"fedlm: {e}; trying the checkpoint before it", flush=True)
+        if errors:
+            raise CheckpointError(f"no checkpoint in {self.directory} can be read (rounds {sorted(versions)}); "
+                                  "start the run again without resume")
+        return None, 0
+
     async def save(self, program_state: Any, version: int) -> None:
         if self._check_state is not None:
             self._check_state(program_state, version)

@@ -122,3 +122,20 @@ def test_a_new_run_refuses_a_directory_with_checkpoints(tmp_path):
     with pytest.raises(ConfigError, match=r"already holds checkpoints \(rounds \[2, 3\]\).*resume="):
         checkpoint.check_fresh(checkpoint.RunDirectory(tmp_path))
     checkpoint.check_fresh(checkpoint.RunDirectory(tmp_path / "elsewhere"))
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, capsys):
+    ckpt = checkpoint.RoundCheckpoints(tmp_path, every=1, keep=2)
+    _save(ckpt, [3, 4])
+    for f in (tmp_path / "program_state_4").rglob("*"):  # a partial copy: every file of round 4 emptied
+        if f.is_file():
+            f.write_bytes(b"")
+    loop = asyncio.get_event_loop()
+    state, version = loop.run_until_complete(checkpoint.RoundCheckpoints(tmp_path, 1, 2).load_latest(_state(0)))
+    assert version == 3 and np.array_equal(state["weights"], np.full(3, 3.0, np.float32))
+    assert "cannot load the checkpoint of round 4" in capsys.readouterr().out
+    for f in (tmp_path / "program_state_3").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be read \(rounds \[3, 4\]\)"):
+        loop.run_until_complete(checkpoint.RoundCheckpoints(tmp_path, 1, 2).load_latest(_state(0)))
