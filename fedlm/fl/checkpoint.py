@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -95,6 +96,8 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
         try:
             await self._files.save(state, version)
         except (OSError, tf.errors.OpError) as e:  # disk full, directory gone or read-only (tf.io.gfile raises OpError)
+            for partial in Path(self.directory).glob(f"program_state_{version}_temp*"):  # TFF's unfinished write
+                shutil.rmtree(partial, ignore_errors=True)
             raise CheckpointError(
                 f"cannot write the checkpoint of round {version} to {self.directory}: {e}; "
                 f"the last one written is round {self.saved_round}"

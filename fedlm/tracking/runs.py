@@ -10,7 +10,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm.conf import schema
-from fedlm.fl.checkpoint import RoundCheckpoints, RunDirectory
+from fedlm.fl.checkpoint import CheckpointError, RoundCheckpoints, RunDirectory
 from fedlm.fl.loop import Diverged
 from fedlm.fl.runtime import Interrupted
 from fedlm.tracking import store, sweep, tags
@@ -80,11 +80,14 @@ def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, 
               overrides: list[str]) -> None:
     """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on."""
     through = error.round_num - 1 if isinstance(error, Diverged) else None
-    try:
-        saved = checkpoints.save_pending(through)
-    except Exception as save_error:  # e.g. disk full: report, but do not hide the error that stopped the run
-        print(f"fedlm: could not write the last round's checkpoint: {save_error}", file=sys.stderr)
+    if isinstance(error, CheckpointError):  # writing it is what failed: the error says so, once
         saved = checkpoints.saved_round
+    else:
+        try:
+            saved = checkpoints.save_pending(through)
+        except Exception as save_error:  # e.g. disk full: report, but do not hide the error that stopped the run
+            print(f"fedlm: could not write the last round's checkpoint: {save_error}", file=sys.stderr)
+            saved = checkpoints.saved_round
     interrupted = isinstance(error, Interrupted)
     status = "KILLED" if interrupted else "FAILED"
     if interrupted:

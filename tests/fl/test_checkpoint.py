@@ -139,3 +139,28 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caps
             f.write_bytes(b"")
     with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint in .* can be read \(rounds \[3, 4\]\)"):
         loop.run_until_complete(checkpoint.RoundCheckpoints(tmp_path, 1, 2).load_latest(_state(0)))
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB filesystem of our own (tmpfs; needs root, as CI has): a disk that really fills up."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_checkpoint_that_fills_the_disk_fails_once_and_leaves_no_partial_write(small_disk):
+    ckpt = checkpoint.RoundCheckpoints(small_disk / "checkpoints", every=1, keep=2)
+    small = collections.OrderedDict(weights=np.zeros(1000, np.float32))
+    _save_state = asyncio.get_event_loop().run_until_complete
+    _save_state(ckpt.save(small, 1))
+    big = collections.OrderedDict(weights=np.zeros(1_000_000, np.float32))  # 4 MB: cannot fit
+    with pytest.raises(checkpoint.CheckpointError, match=r"round 2 to .*the last one written is round 1"):
+        _save_state(ckpt.save(big, 2))
+    assert sorted(p.name for p in (small_disk / "checkpoints").iterdir()) == ["program_state_1"]
