@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedlm.errors import RunFailed
+from fedlm.fl import runtime
 from fedlm.fl.runtime import check_interrupted
 from fedlm.utils import flatten, run_sync
 
@@ -118,10 +119,30 @@ def train(
 
     With `checkpoints` (a `checkpoint.RoundCheckpoints`), TFF's loop resumes from the latest saved round and
     hands it every round's state; the final state is written when the loop ends.
+
+    Once the last round is trained, a stop request no longer cuts the run short (`runtime.finishing`).
     """
+    current_round = 0
+
+    def select(round_num: int) -> list[tf.data.Dataset]:
+        nonlocal current_round
+        datasets = select_clients(round_num)
+        current_round = round_num
+        return datasets
+
+    class LastRoundFinishes:  # TFF's loop calls `next` right after `select` for the same round
+        initialize = staticmethod(process.initialize)
+
+        @staticmethod
+        def next(state: Any, client_data: Any) -> Any:
+            output = process.next(state, client_data)
+            if current_round == rounds:
+                runtime.finishing()
+            return output
+
     state = tff.simulation.run_training_process(
-        training_process=process,
-        training_selection_fn=select_clients,
+        training_process=LastRoundFinishes(),
+        training_selection_fn=select,
         total_rounds=rounds,
         evaluation_fn=evaluate,
         evaluation_selection_fn=lambda _: eval_data,
@@ -130,6 +151,7 @@ def train(
         rounds_per_saving_program_state=1,  # RoundCheckpoints decides which rounds go to disk
         metrics_managers=release_managers,
     )
+    runtime.finishing()  # also when resumed with no round left to run
     if isinstance(process, LatestState):  # resumed with no round left to run: the loop never called `next`
         process.state = state
     if rounds % eval_every:  # the loop evaluated only on multiples of eval_every

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedlm.fl.checkpoint import RunDirectory
-from tests.conftest import TINY, assert_session_ended, run_fedlm, start_fedlm
+from tests.conftest import TINY, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 CONFIG = [*TINY, "rounds=10", "checkpoint_every=2"]
 COMPARED = ("train_loss", "train_accuracy", "train_sequences", "train_batches", "eval_loss", "eval_accuracy")
@@ -45,16 +45,6 @@ def _assert_same_run(run_id: str, reference_id: str) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _read_until(proc, pattern: str) -> str:
-    """Read the subprocess's output up to the first line matching `pattern`."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(pattern, line):
-            return "".join(seen)
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> str:
     result = run_fedlm([*CONFIG, "mlflow.experiment_name=uninterrupted"], tmp_path_factory.mktemp("uninterrupted"))
@@ -74,7 +64,7 @@ def test_finished_run_keeps_its_last_checkpoints(uninterrupted):
 def _interrupt_at(args: list[str], tmp_path, run_dir: str, round_num: int, sig: signal.Signals):
     """Start fedlm, send `sig` when it prints round `round_num`'s line, wait for it; nothing of it may be left."""
     proc = start_fedlm(args, tmp_path, run_dir)
-    before = _read_until(proc, rf"^round +{round_num}/")
+    before = read_until(proc, rf"^round +{round_num}/")
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C in a terminal signals the whole foreground process group
     else:
