@@ -54,6 +54,9 @@ def test_unusable_pretraining_corpus_is_refused_naming_the_file(tmp_path, conten
     ({"client_work": {"train": {"loss": np.float32("nan"), "num_batches": 4}}}, "train_loss is nan"),
     ({"evaluation/loss": float("inf")}, "eval_loss is inf"),
     ({"client_work": {"train": {"loss": 0.0, "num_batches": 0}}}, "every sampled client's update was NaN/Inf"),
+    # optimizer.learning_rate=1e6: a finite loss whose perplexity overflows
+    ({"client_work": {"train": {"loss": np.float32(636198.1), "num_batches": 4}}}, "train_loss is 636198, its perplexity inf"),
+    ({"evaluation/cross_entropy": 800.0}, "eval_cross_entropy is 800, its perplexity inf"),
 ])
 def test_divergence_check_names_the_round(metrics, what):
     import asyncio

@@ -117,3 +117,20 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     assert run.info.status == "FAILED"
     train_loss = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert max(m.step for m in train_loss) == round_num  # the bad round is logged, nothing after it
+
+def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
+    """optimizer.learning_rate=1e6: round 1's train_loss is ~6e5 nats a character. Its perplexity overflowed in the
+    metrics (OverflowError): the round went unlogged, the divergence check never ran, and the run failed with a
+    traceback, then suggested resuming it."""
+    result = run_fedlm([*TINY, "optimizer.learning_rate=1e6", "mlflow.experiment_name=huge_loss"], tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert re.search(r"training diverged at round 1: train_loss is [0-9.e+]+, its perplexity inf", result.stdout), \
+        result.stdout[-3000:]
+    assert "Traceback" not in result.stdout and "continue it with" not in result.stdout, result.stdout[-3000:]
+    assert RunDirectory(tmp_path / "run").rounds() == [0] and "last checkpoint: round 0" in result.stdout
+    run = _only_run("huge_loss")
+    assert run.info.status == "FAILED"
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]  # the bad round, logged
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_perplexity")] == [1]
+
