@@ -54,11 +54,9 @@ def run(cfg: DictConfig) -> float:
 
 def _starting_weights(cfg: DictConfig):
     """The pretrained start (pretrained first if not cached) or `model.init`; a file that does not fit: ConfigError."""
-    from fedlm.model import pretrain, starting_weights
+    from fedlm.model import pretrain
 
-    init_path = pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
-    return init_path, starting_weights.load_keras_file(init_path, "model.init", cfg.model.embedding_dim,
-                                                       cfg.model.rnn_units)
+    return pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
 
 
 def _train(cfg: DictConfig, text, init_path: str, init, run_dir, resume, startup: runtime.Stopwatch) -> float:

@@ -1,5 +1,6 @@
 import collections
 
+import numpy as np
 import pytest
 
 from fedlm.data import client_data as client_data_lib, shakespeare
@@ -69,3 +70,29 @@ def test_federated_text_cache_is_keyed_and_equal(plays, tmp_path, monkeypatch):
     monkeypatch.undo()
     other = shakespeare.load_federated_text(["histories"], 0.2, 2, str(tmp_path))  # another seed: another file
     assert other != first and len(list((tmp_path / "data").iterdir())) == 2
+
+
+# --- the data cache, damaged ------------------------------------------------------------------------------------
+
+_SMALL = [shakespeare.Play("A Play", "comedies", [("KENT", "I thought so."), ("KENT", "Yes."), ("LEAR", "No.")])]
+
+
+@pytest.mark.parametrize("damage, how", [
+    (lambda good: good[: len(good) // 2], "not valid JSON"),  # cut short: a full disk, an interrupted copy
+    (lambda good: b"{}", "holds [], not the fields"),
+    (lambda good: good.replace(b'"train": {', b'"train": [{', 1).replace(b'}, "test"', b'}], "test"', 1),
+     "its 'train' is not client ids -> lists of speeches"),
+    (lambda good: np.random.default_rng(0).bytes(len(good)), "not UTF-8 text"),
+], ids=["truncated", "empty-object", "wrong-types", "random-bytes"])
+def test_a_damaged_data_cache_is_named_in_one_line_and_rebuilt(tmp_path, monkeypatch, capsys, damage, how):
+    """Every run failed on such a file with a traceback that did not name it, and the file was never rebuilt."""
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: _SMALL)
+    built = shakespeare.load_federated_text([], 0.5, 0, str(tmp_path))
+    (path,) = (tmp_path / "data").iterdir()
+    path.write_bytes(damage(path.read_bytes()))
+    capsys.readouterr()
+    assert shakespeare.load_federated_text([], 0.5, 0, str(tmp_path)) == built
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedlm: data cache {path} is damaged ({how}") and line.endswith("; rebuilding it")
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: pytest.fail("rebuilt again: the cache was not rewritten"))
+    assert shakespeare.load_federated_text([], 0.5, 0, str(tmp_path)) == built
