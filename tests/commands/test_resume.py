@@ -2,6 +2,7 @@
 resumed, compared with the same config run uninterrupted; no process left in any case."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from fedlm.fl.checkpoint import RunDirectory
+from fedlm.tracking.release import SAMPLES_TABLE
 from tests.conftest import TINY, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 CONFIG = [*TINY, "rounds=10", "checkpoint_every=2"]
@@ -118,6 +120,7 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     train_loss = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert max(m.step for m in train_loss) == round_num  # the bad round is logged, nothing after it
 
+
 def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     """optimizer.learning_rate=1e6: round 1's train_loss is ~6e5 nats a character. Its perplexity overflowed in the
     metrics (OverflowError): the round went unlogged, the divergence check never ran, and the run failed with a
@@ -134,3 +137,19 @@ def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]  # the bad round, logged
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_perplexity")] == [1]
 
+
+def test_resumed_run_has_each_rounds_samples_once(tmp_path):
+    """Killed after round 3 (logged with its samples, not checkpointed: every 2 rounds), resumed: round 3 is
+    recomputed, and its samples were appended again, since the rounds already in the table were looked up in the
+    wrong experiment (with a warning "Not all runs have the specified table artifact" on every resume)."""
+    args = [*TINY, "rounds=4", "sample_every=1", "checkpoint_every=2", "sample_length=300",
+            "mlflow.experiment_name=samples_once"]
+    code, out = _interrupt_at(args, tmp_path, "run", 4, signal.SIGKILL)  # during round 4's samples
+    assert code == -signal.SIGKILL
+    assert RunDirectory(tmp_path / "run").rounds()[-1] == 2, out[-3000:]
+    resumed = run_fedlm([*args, "resume=true"], tmp_path, run_dir="resumed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "after round 2" in resumed.stdout and "Not all runs" not in resumed.stdout, resumed.stdout[-3000:]
+    run = _only_run("samples_once")
+    table = mlflow.MlflowClient().load_table(run.info.experiment_id, SAMPLES_TABLE, run_ids=[run.info.run_id])
+    assert collections.Counter(table["round"]) == {r: 2 for r in range(5)}  # 2 prompts x 1 temperature a round
