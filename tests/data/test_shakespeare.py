@@ -1,4 +1,5 @@
 import collections
+import errno
 
 import numpy as np
 import pytest
@@ -96,3 +97,16 @@ def test_a_damaged_data_cache_is_named_in_one_line_and_rebuilt(tmp_path, monkeyp
     assert line.startswith(f"fedlm: data cache {path} is damaged ({how}") and line.endswith("; rebuilding it")
     monkeypatch.setattr(shakespeare, "load_plays", lambda: pytest.fail("rebuilt again: the cache was not rewritten"))
     assert shakespeare.load_federated_text([], 0.5, 0, str(tmp_path)) == built
+
+
+def test_a_read_only_data_cache_is_said_once_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: _SMALL)
+    monkeypatch.setattr(shakespeare, "atomic_write_text", read_only)
+    text = shakespeare.load_federated_text([], 0.5, 0, str(tmp_path))
+    assert text == shakespeare.build_federated_text(_SMALL, [], 0.5, 0)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedlm: cannot write the data cache {tmp_path}/data/federated-text-")
+    assert line.endswith("(Read-only file system); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable directory to keep it")
