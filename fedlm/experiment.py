@@ -25,10 +25,9 @@ from fedlm.model import char_rnn, pretrain, starting_weights
 
 
 def build_starting_weights(cfg: DictConfig) -> tuple[str, starting_weights.InitialWeights]:
-    """The file the run starts from (`model.init`, or the cached pretrained model, pretrained first if missing) and
-    its weights, checked to fit the configured model (ConfigError if not)."""
-    path = pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
-    return path, starting_weights.load_keras_file(path, "model.init", cfg.model.embedding_dim, cfg.model.rnn_units)
+    """The file the run starts from (`model.init`, or the cached pretrained model, pretrained first if missing or
+    damaged) and its weights, checked to fit the configured model (ConfigError if not)."""
+    return pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
 
 
 def build_keras_model_fn(model: DictConfig) -> Callable[[], tf.keras.Model]:

@@ -84,6 +84,14 @@ def _pretrained_model_file(cfg: DictConfig) -> tuple[str, str]:
             f"{cfg.pretrained_seed} (looked for {path}); create it with `python -m fedlm.pretrain "
             f"model={cfg.model.name} seed={cfg.pretrained_seed}` (plus the same pretrain.*/data.* overrides)"
         )
+    try:
+        pretrain.read_cached_model(path, cfg.model)
+    except ValueError as e:
+        raise ConfigError(
+            f"pretrained=true: the cached pretrained model {path} is damaged ({e}); `python -m fedlm.pretrain "
+            f"model={cfg.model.name} seed={cfg.pretrained_seed}` (plus the same pretrain.*/data.* overrides) "
+            "pretrains it again"
+        ) from e
     return path, f"pretrained model {path}"
 
 

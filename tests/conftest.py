@@ -3,6 +3,7 @@ fedlm subprocesses, and a session-wide check that no process the tests started i
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,21 +90,38 @@ def keras_eval_data(cfg):
     return preprocessing.clients_eval_dataset(test, ids, cfg.seq_length, cfg.eval_batch_size)
 
 
+UV_RUN = ["uv", "run", "--frozen", "--no-sync", "python"]  # the README's `uv run python`, without touching the env
+
+
 def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run",
-                cwd: Path = ROOT) -> subprocess.Popen:
-    """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started)."""
+                python: list[str] | None = None, cwd: Path = ROOT) -> subprocess.Popen:
+    """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started).
+    `python`: the command that runs Python, e.g. `UV_RUN`. No terminal on stdin, as under a scheduler (uv forwards
+    SIGINT only then)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args, f"hydra.run.dir={tmp_path / run_dir}", f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [*(python or [sys.executable]), "-m", module, *args, f"hydra.run.dir={tmp_path / run_dir}",
+         f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
     )
     _sessions.add(proc.pid)
     return proc
 
 
+def read_until(proc: subprocess.Popen, pattern: str) -> str:
+    """Read a subprocess's output up to the first line matching `pattern`."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(pattern, line):
+            return "".join(seen)
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)[-3000:]}")
+
+
 def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600, module: str = "fedlm.run",
               run_dir: str = "run", cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """Run `python -m <module>` in its own session, then assert nothing of that session is left running."""
-    proc = start_fedlm(args, tmp_path, run_dir, module, cwd)
+    proc = start_fedlm(args, tmp_path, run_dir, module, cwd=cwd)
     out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open
     assert_session_ended(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)

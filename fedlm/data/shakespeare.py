@@ -9,6 +9,7 @@ import importlib.metadata
 import importlib.resources
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -239,7 +240,44 @@ def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed:
     }
     path = Path(cache_dir) / "data" / f"federated-text-{digest(key)}.json"
     if path.exists():
-        return FederatedText(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return _read_cached_text(path)
+        except (OSError, ValueError) as e:
+            print(f"fedlm: data cache {path} is damaged ({_damage(e)}); rebuilding it", file=sys.stderr, flush=True)
     text = build_federated_text(load_plays(), proxy_genres, test_fraction, seed)
-    atomic_write_text(path, json.dumps(dataclasses.asdict(text)))
+    try:
+        atomic_write_text(path, json.dumps(dataclasses.asdict(text)))
+    except OSError as e:  # a read-only cache: the data is rebuilt every run (seconds), but the run goes on
+        print(f"fedlm: cannot write the data cache {path} ({e.strerror or e}); set cache_dir= (or $FEDLM_CACHE_DIR) "
+              "to a writable directory to keep it", file=sys.stderr, flush=True)
     return text
+
+
+def _read_cached_text(path: Path) -> FederatedText:
+    """The cached `FederatedText`, checked field by field: a damaged file raises ValueError saying how."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    fields = [f.name for f in dataclasses.fields(FederatedText)]
+    if not isinstance(data, dict) or sorted(data) != sorted(fields):
+        got = sorted(data) if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise ValueError(f"holds {got}, not the fields {sorted(fields)}")
+
+    def strings(value: object) -> bool:
+        return isinstance(value, list) and all(isinstance(s, str) for s in value)
+
+    for split in ("train", "test"):
+        if not (isinstance(data[split], dict) and all(strings(v) for v in data[split].values())):
+            raise ValueError(f"its {split!r} is not client ids -> lists of speeches")
+    if not isinstance(data["proxy_text"], str) or not strings(data["train_only_clients"]) \
+            or not strings(data["empty_clients"]):
+        raise ValueError("its proxy_text, train_only_clients or empty_clients has the wrong type")
+    return FederatedText(**data)
+
+
+def _damage(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {error.start}"
+    if isinstance(error, json.JSONDecodeError):
+        return f"not valid JSON: {error.msg} at character {error.pos}"
+    if isinstance(error, OSError):
+        return f"cannot be read: {error.strerror or error}"
+    return str(error)

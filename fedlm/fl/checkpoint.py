@@ -29,6 +29,7 @@ import tensorflow_federated as tff
 from omegaconf import OmegaConf
 
 from fedlm.errors import ConfigError, RunFailed
+from fedlm.fl.runtime import uninterrupted
 from fedlm.utils import atomic_write_text, flatten, run_sync
 
 
@@ -94,7 +95,10 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
     async def _write(self) -> None:
         state, version = self._pending
         try:
-            await self._files.save(state, version)
+            with uninterrupted():  # a stop-now in the middle would leave it on disk but not recorded here
+                await self._files.save(state, version)
+                self._pending = None
+                self.saved_round = version
         except (OSError, tf.errors.OpError) as e:  # disk full, directory gone or read-only (tf.io.gfile raises OpError)
             for partial in Path(self.directory).glob(f"program_state_{version}_temp*"):  # TFF's unfinished write
                 shutil.rmtree(partial, ignore_errors=True)
@@ -102,8 +106,6 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
                 f"cannot write the checkpoint of round {version} to {self.directory}: {e}; "
                 f"the last one written is round {self.saved_round}"
             ) from e
-        self._pending = None
-        self.saved_round = version
 
     def save_pending(self, through: int | None = None) -> int | None:
         """Write the latest completed round (if <= `through`) unless on disk already; return the latest on disk."""

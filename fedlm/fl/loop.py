@@ -10,7 +10,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from fedlm.errors import RunFailed
+from fedlm.fl import runtime
 from fedlm.fl.runtime import check_interrupted
+from fedlm.model.metrics import LARGEST_EXP_ARGUMENT
 from fedlm.utils import flatten, run_sync
 
 if TYPE_CHECKING:
@@ -77,19 +79,26 @@ class Diverged(RunFailed):
 
 
 class DivergenceCheck(tff.program.ReleaseManager):
-    """Stops the run when a round's metrics show divergence: train or eval loss NaN/Inf, or no training at all.
+    """Stops the run when a round's metrics show divergence: a train or eval loss (or cross-entropy) NaN, Inf or so
+    large that its perplexity is Inf (above ~709.8 nats a character, where a uniform guess is 4.45), or no training
+    at all.
 
     TFF leaves a client whose update is NaN/Inf out of the average *and* out of the train metrics; when every
     sampled client diverged, the round reports train_batches 0 (and loss 0), never NaN. The metrics are already
     on the host: one check per round, no device-to-host sync per batch. Released before the round's checkpoint
-    is kept; list it after the other release managers so the bad round is still logged and printed.
+    is kept; `train` releases to it first, so its verdict is the round's error even if another manager fails on
+    the same numbers (they all still run: the bad round is logged and printed).
     """
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
-        for name in ("client_work/train/loss", "evaluation/loss"):
-            if name in flat and not math.isfinite(float(flat[name])):
-                raise Diverged(int(key), f"{METRIC_NAMES[name]} is {float(flat[name])}")
+        for split in ("client_work/train", "evaluation"):
+            for name in (f"{split}/loss", f"{split}/cross_entropy"):
+                nats = float(flat.get(name, 0.0))
+                if not math.isfinite(nats):
+                    raise Diverged(int(key), f"{METRIC_NAMES[name]} is {nats}")
+                if nats > LARGEST_EXP_ARGUMENT:
+                    raise Diverged(int(key), f"{METRIC_NAMES[name]} is {nats:.6g}, its perplexity inf")
         if "client_work/train/num_batches" in flat and int(flat["client_work/train/num_batches"]) == 0:
             raise Diverged(int(key), "every sampled client's update was NaN/Inf "
                                      "(TFF left them all out: train_batches 0)")
@@ -118,22 +127,45 @@ def train(
 
     With `checkpoints` (a `checkpoint.RoundCheckpoints`), TFF's loop resumes from the latest saved round and
     hands it every round's state; the final state is written when the loop ends.
+
+    Once the last round is trained, a stop request no longer cuts the run short (`runtime.finishing`).
     """
+    current_round = 0
+
+    def select(round_num: int) -> list[tf.data.Dataset]:
+        nonlocal current_round
+        datasets = select_clients(round_num)
+        current_round = round_num
+        return datasets
+
+    class LastRoundFinishes:  # TFF's loop calls `next` right after `select` for the same round
+        initialize = staticmethod(process.initialize)
+
+        @staticmethod
+        def next(state: Any, client_data: Any) -> Any:
+            output = process.next(state, client_data)
+            if current_round == rounds:
+                runtime.finishing()
+            return output
+
+    # The first manager to fail gives the round's error (asyncio.gather): the divergence check, if it fails.
+    managers = sorted(release_managers, key=lambda m: not isinstance(m, DivergenceCheck))
     state = tff.simulation.run_training_process(
-        training_process=process,
-        training_selection_fn=select_clients,
+        training_process=LastRoundFinishes(),
+        training_selection_fn=select,
         total_rounds=rounds,
         evaluation_fn=evaluate,
         evaluation_selection_fn=lambda _: eval_data,
         rounds_per_evaluation=eval_every,
         program_state_manager=checkpoints,
         rounds_per_saving_program_state=1,  # RoundCheckpoints decides which rounds go to disk
-        metrics_managers=release_managers,
+        metrics_managers=managers,
     )
+    runtime.finishing()  # also when resumed with no round left to run
     if isinstance(process, LatestState):  # resumed with no round left to run: the loop never called `next`
         process.state = state
     if rounds % eval_every:  # the loop evaluated only on multiples of eval_every
         metrics = {f"evaluation/{k}": v for k, v in evaluate(state, eval_data).items()}
-        run_sync(asyncio.gather(*[m.release(metrics, key=rounds) for m in release_managers]))
+        run_sync(asyncio.gather(*[m.release(metrics, key=rounds) for m in managers]))
     checkpoints.save_pending()
     return state

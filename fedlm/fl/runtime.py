@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import glob
 import os
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import time
 import types
+import weakref
 from typing import Callable, Iterator
 
 import psutil
@@ -31,11 +33,17 @@ def kill_children(timeout: float = 5.0) -> None:
     for p in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-    _, alive = psutil.wait_procs(children, timeout=timeout)
+    gone, alive = psutil.wait_procs(children, timeout=timeout)
     for p in alive:  # e.g. multiprocessing's resource tracker ignores SIGTERM
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-    psutil.wait_procs(alive, timeout=timeout)  # reap them: no zombies left for init
+    gone += psutil.wait_procs(alive, timeout=timeout)[0]  # reap them: no zombies left for init
+    # A TFF context still referenced (a round given up mid-computation) signals its worker from `__del__` later:
+    # its `Popen` must know the worker is gone (see `_signal_worker`).
+    reaped = {p.pid: p.returncode for p in gone}
+    for worker in list(_workers):
+        if worker.returncode is None and worker.pid in reaped:
+            worker.returncode = reaped[worker.pid] if reaped[worker.pid] is not None else -signal.SIGKILL
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
@@ -59,6 +67,18 @@ class _WorkerPopen(subprocess.Popen):
         # mid-round before fedlm can finish the round and save. TFF stops it with an explicit SIGINT to its pid.
         kwargs.setdefault("process_group", 0)
         super().__init__(*args, **kwargs)
+        _workers.add(self)
+
+
+_workers: weakref.WeakSet[_WorkerPopen] = weakref.WeakSet()
+
+
+def _signal_worker(pid: int, sig: int) -> None:
+    """`os.kill` as TFF's worker manager sees it: a worker that `kill_children` already stopped and reaped is not
+    signalled again (TFF's `__del__` would fail with ProcessLookupError, or hit whatever process has the pid now)."""
+    if any(worker.pid == pid and worker.returncode is not None for worker in list(_workers)):
+        return
+    os.kill(pid, sig)
 
 
 def install_parent_death_signal() -> None:
@@ -79,6 +99,9 @@ def install_parent_death_signal() -> None:
 
     if getattr(executor_factory.subprocess, "Popen", None) is not _WorkerPopen:
         executor_factory.subprocess = types.SimpleNamespace(**{**vars(subprocess), "Popen": _WorkerPopen})
+    # The same way, its `os.kill` skips a worker already stopped (see `_signal_worker`).
+    if getattr(executor_factory.os, "kill", None) is not _signal_worker:
+        executor_factory.os = types.SimpleNamespace(**{**vars(os), "kill": _signal_worker})
 
 
 class Stopwatch:
@@ -108,29 +131,101 @@ class Stopwatch:
 
 
 class Interrupted(SystemExit):
-    """Ctrl-C or SIGTERM arrived; raised at the next round boundary so the run ends cleanly."""
+    """Ctrl-C or SIGTERM arrived; raised at the next round boundary (or at once, on a second request) so the run ends
+    cleanly."""
 
     @property
     def signal_name(self) -> str:
         return signal.Signals(int(self.code) - 128).name
 
 
-_pending: list[int] = []
+# The same signal again within this many seconds of the first is the same request delivered twice, not a second
+# one: a group signal (`kill -TERM -<pgid>`, batch schedulers, `timeout`) reaches python directly and again through
+# `uv run`, which forwards SIGTERM at once and SIGINT 200 ms later. A person asking again reads the notice first.
+REPEAT_WINDOW = 1.0
+_clock = time.monotonic
 
 
-def _on_signal(signum, frame):
-    # TFF's C++ runtime and asyncio loop swallow a KeyboardInterrupt raised mid-round: record the signal and
-    # stop at the next round boundary (`check_interrupted`). A second signal stops at once.
-    if _pending:
-        raise Interrupted(128 + signum)
-    _pending.append(signum)
-    print(f"fedlm: got {signal.Signals(signum).name}, stopping after this round (again to stop now)", flush=True)
+@dataclasses.dataclass
+class _StopRequest:
+    """What the signals of one `tff_context` asked for."""
+
+    signum: int | None = None  # the first request: stop at the next round boundary
+    at: float = 0.0  # when it came (`_clock`)
+    raised: bool = False  # `Interrupted` was raised: the run is stopping, nothing more to ask for
+    # "rounds"; "finishing": the last round is trained, its evaluation and saving run to their end; "closing": the
+    # context is being cleaned up, which runs to its end too
+    phase: str = "rounds"
+    told_again: bool = False
+    shielded: int = 0  # inside `uninterrupted()`: a stop-now waits for the block to end
+    deferred: int | None = None  # the signal of a stop-now that waits for it
+
+
+_stop = _StopRequest()
+
+
+def _say(line: str) -> None:
+    # os.write, not print: a handler that prints while the interrupted code prints fails ("reentrant call").
+    os.write(2, f"{line}\n".encode())
+
+
+def _on_signal(signum: int, frame: types.FrameType | None) -> None:
+    # TFF's C++ runtime and asyncio loop swallow a KeyboardInterrupt raised mid-round: record the request and stop at
+    # the next round boundary (`check_interrupted`). A second request stops at once, except where stopping early
+    # would only lose work: a checkpoint being written, the evaluation and saving after the last round.
+    stop, now, name = _stop, _clock(), signal.Signals(signum).name
+    if stop.raised:
+        return
+    if stop.signum is None:
+        stop.signum, stop.at = signum, now
+        if stop.phase == "finishing":
+            _say(f"fedlm: got {name} after the last round: finishing its evaluation and saving the model, then stopping")
+        elif stop.phase == "rounds":
+            _say(f"fedlm: got {name}, stopping after this round (again to stop now)")
+        return
+    if signum == stop.signum and now - stop.at < REPEAT_WINDOW:
+        return  # the first request again (see REPEAT_WINDOW)
+    if stop.phase == "closing":
+        return
+    if stop.phase == "finishing":
+        if not stop.told_again:
+            stop.told_again = True
+            _say(f"fedlm: got {name} again: the last round is trained, finishing its evaluation and saving the model "
+                 "first (SIGKILL stops at once)")
+        return
+    if stop.shielded:
+        stop.deferred = signum
+        return
+    stop.raised = True
+    raise Interrupted(128 + signum)
 
 
 def check_interrupted() -> None:
-    """Raise `Interrupted` if a stop was asked for."""
-    if _pending:
-        raise Interrupted(128 + _pending[0])
+    """Raise `Interrupted` if a stop was asked for (a round boundary: nothing is lost by stopping here)."""
+    if _stop.signum is not None and _stop.phase == "rounds":
+        _stop.raised = True
+        raise Interrupted(128 + _stop.signum)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A second stop request waits for the end of this block (a checkpoint being written: stopping in the middle
+    would leave it on disk but unrecorded)."""
+    _stop.shielded += 1
+    try:
+        yield
+    finally:
+        _stop.shielded -= 1
+    if _stop.deferred is not None and not _stop.shielded and _stop.phase == "rounds":
+        signum, _stop.deferred, _stop.raised = _stop.deferred, None, True
+        raise Interrupted(128 + signum)
+
+
+def finishing() -> None:
+    """The last round is trained: from here on stop requests no longer cut the run short (its final evaluation and
+    model are seconds away, and stopping would only lose them); the run ends with the request's status."""
+    if _stop.phase == "rounds":
+        _stop.phase, _stop.deferred = "finishing", None
 
 
 def last_level_cache_bytes(sysfs_cache_dir: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
@@ -168,24 +263,37 @@ def concurrent_clients(setting: int | None, rnn_units: int) -> int:
 def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
     """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM.
 
+    Ctrl-C and SIGTERM stop the run at the next round boundary (see `_on_signal`). One that came too late for a
+    boundary (after the last round) ends the process with its status once the run is complete, so that a sweep or a
+    scheduler's job stops there too.
+
     `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`)."""
     import tensorflow_federated as tff
 
+    global _stop
     install_parent_death_signal()
     tff.backends.native.set_sync_local_cpp_execution_context(
         max_concurrent_computation_calls=max_concurrent_computation_calls
     )
     atexit.register(kill_children)
+    stop = _stop = _StopRequest()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        _pending.clear()
+        stop.phase = "closing"  # a signal during the cleanup is only recorded: the cleanup runs to its end
         # Replace the context now: the old one is collected while we are alive, and its `__del__` stops its
         # worker the way TFF means to (SIGINT, wait); anything left is then killed. Later TFF calls in this
         # process get a fresh worker instead of an error about a dead one.
         tff.backends.native.set_sync_local_cpp_execution_context()
         gc.collect()
         kill_children()
+        for sig, handler in previous.items():
+            # Stopping: a late copy of the request (uv's comes 200 ms after the group's) must find nothing to
+            # interrupt, not the default handler in the middle of the interpreter's exit.
+            signal.signal(sig, handler if stop.signum is None else signal.SIG_IGN)
+        _stop = _StopRequest()
+    if stop.signum is not None:  # nothing stopped the run: it completed before a round boundary could
+        name = signal.Signals(stop.signum).name
+        _say(f"fedlm: the run finished before {name} could stop it; exiting with status {128 + stop.signum}")
+        raise Interrupted(128 + stop.signum)

@@ -9,6 +9,7 @@ over all clients' characters, and a count (clients, characters) is the round's t
 from __future__ import annotations
 
 import math
+import sys
 from typing import Mapping
 
 import tensorflow as tf
@@ -143,12 +144,21 @@ def text_metrics() -> list[tf.keras.metrics.Metric]:
     return [CharCrossEntropy(), OOVRate()]
 
 
+# exp() of more than this overflows a float: the perplexity of such a cross-entropy is inf.
+LARGEST_EXP_ARGUMENT = math.log(sys.float_info.max)  # 709.78
+
+
+def perplexity(nats: float) -> float:
+    """exp(cross-entropy), for any value a diverging round can produce: inf above ~709.78 nats, NaN for NaN."""
+    return math.inf if nats > LARGEST_EXP_ARGUMENT else math.exp(nats)
+
+
 def with_derived(metrics: Mapping[str, float]) -> dict[str, float]:
     """Add `<prefix>_perplexity` and `<prefix>_bits_per_char` for every `<prefix>_cross_entropy` (nats/char)."""
     out = dict(metrics)
     for key, nats in metrics.items():
         if key.endswith("_cross_entropy"):
             prefix = key[: -len("_cross_entropy")]
-            out[f"{prefix}_perplexity"] = math.exp(nats)
+            out[f"{prefix}_perplexity"] = perplexity(nats)
             out[f"{prefix}_bits_per_char"] = nats / math.log(2)
     return out

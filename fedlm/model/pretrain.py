@@ -16,6 +16,7 @@ from fedlm.data.shakespeare import load_plays
 from fedlm.errors import ConfigError
 from fedlm.model import char_rnn
 from fedlm.model.metrics import MaskedAccuracy, MaskedCrossEntropy
+from fedlm.model.starting_weights import InitialWeights, load_keras_file
 from fedlm.utils import atomic_path, digest
 
 
@@ -90,20 +91,60 @@ def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequen
     return keras_model
 
 
-def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
-                          cache_dir: str) -> str:
-    """`model.init` if given, else the cached pretrained model, pretraining it first if missing."""
+def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
+    """The weights of a cached pretrained model, checked: ValueError saying what is wrong with a damaged file
+    (truncated, not HDF5, other shapes)."""
+    try:
+        weights = tf.keras.models.load_model(path, compile=False).get_weights()
+    except Exception as e:  # h5py and Keras raise OSError, ValueError, KeyError, ... for a damaged file
+        raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
+    V, E, H = vocab.VOCAB_SIZE, model.embedding_dim, model.rnn_units
+    # Embedding; GRU kernel, recurrent kernel, bias (reset_after: input and recurrent biases); Dense kernel, bias.
+    want = [(V, E), (E, 3 * H), (H, 3 * H), (2, 3 * H), (H, V), (V,)]
+    if [tuple(w.shape) for w in weights] != want:
+        raise ValueError(f"weight shapes {[tuple(w.shape) for w in weights]}, expected {want}")
+    return weights
+
+
+def load_pretrained(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
+                    cache_dir: str) -> tuple[str, InitialWeights]:
+    """The starting model, read and checked once: `model.init` if given, else the cached pretrained model,
+    pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError)."""
     if model.init is not None:
-        return model.init
+        return model.init, load_keras_file(model.init, "model.init", model.embedding_dim, model.rnn_units)
     path = cache_path(model, pretrain, proxy_genres, seed, cache_dir)
+    damage = None
     if os.path.exists(path):
-        print(f"using cached pretrained model {path}", flush=True)
-        return path
-    # Before pretraining, not after it:
-    preflight.check_writable_dir(os.path.dirname(path), "cache_dir (pretrained models)")
+        try:
+            weights = read_cached_model(path, model)
+        except ValueError as e:
+            damage = str(e)
+        else:
+            print(f"using cached pretrained model {path}", flush=True)
+            return path, InitialWeights(weights, model.embedding_dim, model.rnn_units)
+    key = "cache_dir (pretrained models)"
+    try:  # before pretraining, not after it
+        preflight.check_writable_dir(os.path.dirname(path), key)
+    except ConfigError as e:
+        if damage is None:
+            raise
+        why = e.__cause__.strerror if isinstance(e.__cause__, OSError) and e.__cause__.strerror else "read-only"
+        raise ConfigError(f"{key}={os.path.dirname(path)!r}: the cached pretrained model {path} is damaged ({damage}) "
+                          f"and cannot be replaced there ({why}); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable "
+                          "directory, where it is pretrained again") from e
+    if damage is not None:
+        print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
     t0 = time.monotonic()
     keras_model = pretrain_model(model, pretrain, proxy_genres, seed)
     with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
         char_rnn.save_model(keras_model, tmp)
     print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
-    return path
+    return path, InitialWeights(keras_model.get_weights(), model.embedding_dim, model.rnn_units)
+
+
+def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
+                          cache_dir: str) -> str:
+    """`model.init` if given, else the cached pretrained model, pretraining it first if missing or damaged."""
+    if model.init is not None:
+        return model.init
+    return load_pretrained(model, pretrain, proxy_genres, seed, cache_dir)[0]

@@ -9,7 +9,6 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import mlflow
 import tensorflow_federated as tff
-from mlflow.exceptions import MlflowException
 
 from fedlm.fl.loop import METRIC_NAMES
 from fedlm.model.metrics import with_derived
@@ -112,8 +111,12 @@ class SampleReleaseManager(tff.program.ReleaseManager):
 
 def sampled_rounds(run_id: str) -> set[int]:
     """The rounds a run's samples table already has."""
-    try:
-        table = mlflow.load_table(SAMPLES_TABLE, run_ids=[run_id])
-    except MlflowException:  # no table yet
-        return set()
+    client = mlflow.MlflowClient()
+    folder = SAMPLES_TABLE.rpartition("/")[0]
+    if SAMPLES_TABLE not in {f.path for f in client.list_artifacts(run_id, folder)}:
+        return set()  # no table yet (and no warning from load_table about a run without one)
+    # The run's own experiment: `mlflow.load_table` searches the *active* experiment (0 before a run is started),
+    # finds nothing, and a resumed run then appends its recomputed rounds' samples again.
+    experiment_id = client.get_run(run_id).info.experiment_id
+    table = client.load_table(experiment_id, SAMPLES_TABLE, run_ids=[run_id])
     return {int(r) for r in table["round"]} if "round" in table else set()

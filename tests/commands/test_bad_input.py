@@ -3,9 +3,11 @@ before work is lost. One test per row of the README's table (the rows owned here
 from __future__ import annotations
 
 import errno
+import json
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,6 +56,9 @@ def test_unusable_pretraining_corpus_is_refused_naming_the_file(tmp_path, conten
     ({"client_work": {"train": {"loss": np.float32("nan"), "num_batches": 4}}}, "train_loss is nan"),
     ({"evaluation/loss": float("inf")}, "eval_loss is inf"),
     ({"client_work": {"train": {"loss": 0.0, "num_batches": 0}}}, "every sampled client's update was NaN/Inf"),
+    # optimizer.learning_rate=1e6: a finite loss whose perplexity overflows
+    ({"client_work": {"train": {"loss": np.float32(636198.1), "num_batches": 4}}}, "train_loss is 636198, its perplexity inf"),
+    ({"evaluation/cross_entropy": 800.0}, "eval_cross_entropy is 800, its perplexity inf"),
 ])
 def test_divergence_check_names_the_round(metrics, what):
     import asyncio
@@ -102,6 +107,61 @@ def test_unwritable_cache_dir_fails_before_pretraining(capsys):
     with pytest.raises(ConfigError, match=r"cache_dir \(pretrained models\)='/proc/fedlm-cache/pretrained'"):
         pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
     assert "pretraining" not in capsys.readouterr().out
+
+
+@pytest.mark.e2e
+def test_damaged_caches_are_named_and_rebuilt_by_a_run(tmp_path):
+    """A truncated data cache and a pretrained model of random bytes: every run failed, with a traceback that did not
+    name the data file, and with `model.init=<cache path>` for the model although model.init was never set."""
+    from fedlm.model import pretrain
+
+    cache = tmp_path / "cache"
+    cfg = compose_config([*TINY, f"cache_dir={cache}"])
+    shakespeare.load_federated_text(cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed, str(cache))
+    (data_file,) = (cache / "data").iterdir()
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(cache)))
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(np.random.default_rng(0).bytes(4096))
+    result = run_fedlm([*TINY, f"cache_dir={cache}"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert f"fedlm: data cache {data_file} is damaged (not valid JSON" in result.stdout
+    assert f"fedlm: cached pretrained model {model_file} is damaged (" in result.stdout
+    assert "Traceback" not in result.stdout and "model.init" not in result.stdout
+    pretrain.read_cached_model(str(model_file), cfg.model)  # both rebuilt
+    assert json.loads(data_file.read_text())["train"]
+
+
+def test_damaged_pretrained_model_in_a_read_only_cache_is_refused_naming_it(tmp_path, monkeypatch):
+    from fedlm.model import pretrain
+
+    cfg = compose_config([*TINY, f"cache_dir={tmp_path}"])
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(tmp_path)))
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(b"")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # root writes anywhere: the probe says read-only
+    with pytest.raises(ConfigError, match=rf"cache_dir \(pretrained models\)='{model_file.parent}': the cached "
+                                          rf"pretrained model {model_file} is damaged \(.*\) and cannot be replaced "
+                                          r"there \(Read-only file system\); set cache_dir= "):
+        pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(tmp_path))
+
+
+def test_generating_from_a_damaged_pretrained_model_names_it_and_the_remedy(tmp_path):
+    from fedlm import generate
+    from fedlm.model import pretrain
+
+    cfg = compose_config(["pretrained=true", f"cache_dir={tmp_path}"], config_name="generate")
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.pretrained_seed,
+                                          str(tmp_path)))
+    model_file.parent.mkdir(parents=True)
+    model_file.write_bytes(b"\x89HDF\r\n")  # a copy cut short
+    with pytest.raises(ConfigError, match=rf"pretrained=true: the cached pretrained model {model_file} is damaged "
+                                          r"\(.*\); `python -m fedlm.pretrain model=small seed=0`"):
+        generate.generate(cfg)
 
 
 def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 resumed, compared with the same config run uninterrupted; no process left in any case."""
 from __future__ import annotations
 
+import collections
 import os
 import re
 import signal
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 from fedlm.fl.checkpoint import RunDirectory
-from tests.conftest import TINY, assert_session_ended, run_fedlm, start_fedlm
+from fedlm.tracking.release import SAMPLES_TABLE
+from tests.conftest import TINY, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 CONFIG = [*TINY, "rounds=10", "checkpoint_every=2"]
 COMPARED = ("train_loss", "train_accuracy", "train_sequences", "train_batches", "eval_loss", "eval_accuracy")
@@ -45,16 +47,6 @@ def _assert_same_run(run_id: str, reference_id: str) -> None:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def _read_until(proc, pattern: str) -> str:
-    """Read the subprocess's output up to the first line matching `pattern`."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(pattern, line):
-            return "".join(seen)
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> str:
     result = run_fedlm([*CONFIG, "mlflow.experiment_name=uninterrupted"], tmp_path_factory.mktemp("uninterrupted"))
@@ -75,7 +67,7 @@ def test_finished_run_keeps_its_last_checkpoints(uninterrupted):
 def _interrupt_at(args: list[str], tmp_path, run_dir: str, round_num: int, sig: signal.Signals):
     """Start fedlm, send `sig` when it prints round `round_num`'s line, wait for it; nothing of it may be left."""
     proc = start_fedlm(args, tmp_path, run_dir)
-    before = _read_until(proc, rf"^round +{round_num}/")
+    before = read_until(proc, rf"^round +{round_num}/")
     if sig == signal.SIGINT:
         os.killpg(proc.pid, sig)  # Ctrl-C in a terminal signals the whole foreground process group
     else:
@@ -130,3 +122,37 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     assert run.info.status == "FAILED"
     train_loss = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
     assert max(m.step for m in train_loss) == round_num  # the bad round is logged, nothing after it
+
+
+def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
+    """optimizer.learning_rate=1e6: round 1's train_loss is ~6e5 nats a character. Its perplexity overflowed in the
+    metrics (OverflowError): the round went unlogged, the divergence check never ran, and the run failed with a
+    traceback, then suggested resuming it."""
+    result = run_fedlm([*TINY, "optimizer.learning_rate=1e6", "mlflow.experiment_name=huge_loss"], tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:]
+    assert re.search(r"training diverged at round 1: train_loss is [0-9.e+]+, its perplexity inf", result.stdout), \
+        result.stdout[-3000:]
+    assert "Traceback" not in result.stdout and "continue it with" not in result.stdout, result.stdout[-3000:]
+    assert RunDirectory(tmp_path / "run").rounds() == [0] and "last checkpoint: round 0" in result.stdout
+    run = _only_run("huge_loss")
+    assert run.info.status == "FAILED"
+    client = mlflow.MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]  # the bad round, logged
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_perplexity")] == [1]
+
+
+def test_resumed_run_has_each_rounds_samples_once(tmp_path):
+    """Killed after round 3 (logged with its samples, not checkpointed: every 2 rounds), resumed: round 3 is
+    recomputed, and its samples were appended again, since the rounds already in the table were looked up in the
+    wrong experiment (with a warning "Not all runs have the specified table artifact" on every resume)."""
+    args = [*TINY, "rounds=4", "sample_every=1", "checkpoint_every=2", "sample_length=300",
+            "mlflow.experiment_name=samples_once"]
+    code, out = _interrupt_at(args, tmp_path, "run", 4, signal.SIGKILL)  # during round 4's samples
+    assert code == -signal.SIGKILL
+    assert RunDirectory(tmp_path / "run").rounds()[-1] == 2, out[-3000:]
+    resumed = run_fedlm([*args, "resume=true"], tmp_path, run_dir="resumed")
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "after round 2" in resumed.stdout and "Not all runs" not in resumed.stdout, resumed.stdout[-3000:]
+    run = _only_run("samples_once")
+    table = mlflow.MlflowClient().load_table(run.info.experiment_id, SAMPLES_TABLE, run_ids=[run.info.run_id])
+    assert collections.Counter(table["round"]) == {r: 2 for r in range(5)}  # 2 prompts x 1 temperature a round

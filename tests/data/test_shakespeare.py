@@ -1,7 +1,9 @@
 import collections
+import errno
 import importlib.resources
 import re
 
+import numpy as np
 import pytest
 
 from fedlm.data import client_data as client_data_lib, shakespeare
@@ -156,3 +158,42 @@ def test_federated_text_cache_is_keyed_and_equal(plays, tmp_path, monkeypatch):
     monkeypatch.undo()
     other = shakespeare.load_federated_text(["histories"], 0.2, 2, str(tmp_path))  # another seed: another file
     assert other != first and len(list((tmp_path / "data").iterdir())) == 2
+
+
+# --- the data cache, damaged ------------------------------------------------------------------------------------
+
+_SMALL = [shakespeare.Play("A Play", "comedies", [("KENT", "I thought so."), ("KENT", "Yes."), ("LEAR", "No.")])]
+
+
+@pytest.mark.parametrize("damage, how", [
+    (lambda good: good[: len(good) // 2], "not valid JSON"),  # cut short: a full disk, an interrupted copy
+    (lambda good: b"{}", "holds [], not the fields"),
+    (lambda good: good.replace(b'"train": {', b'"train": [{', 1).replace(b'}, "test"', b'}], "test"', 1),
+     "its 'train' is not client ids -> lists of speeches"),
+    (lambda good: np.random.default_rng(0).bytes(len(good)), "not UTF-8 text"),
+], ids=["truncated", "empty-object", "wrong-types", "random-bytes"])
+def test_a_damaged_data_cache_is_named_in_one_line_and_rebuilt(tmp_path, monkeypatch, capsys, damage, how):
+    """Every run failed on such a file with a traceback that did not name it, and the file was never rebuilt."""
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: _SMALL)
+    built = shakespeare.load_federated_text([], 0.5, 0, str(tmp_path))
+    (path,) = (tmp_path / "data").iterdir()
+    path.write_bytes(damage(path.read_bytes()))
+    capsys.readouterr()
+    assert shakespeare.load_federated_text([], 0.5, 0, str(tmp_path)) == built
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedlm: data cache {path} is damaged ({how}") and line.endswith("; rebuilding it")
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: pytest.fail("rebuilt again: the cache was not rewritten"))
+    assert shakespeare.load_federated_text([], 0.5, 0, str(tmp_path)) == built
+
+
+def test_a_read_only_data_cache_is_said_once_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(shakespeare, "load_plays", lambda: _SMALL)
+    monkeypatch.setattr(shakespeare, "atomic_write_text", read_only)
+    text = shakespeare.load_federated_text([], 0.5, 0, str(tmp_path))
+    assert text == shakespeare.build_federated_text(_SMALL, [], 0.5, 0)
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"fedlm: cannot write the data cache {tmp_path}/data/federated-text-")
+    assert line.endswith("(Read-only file system); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable directory to keep it")

@@ -1,15 +1,15 @@
-"""How many clients TFF trains at once by default; what the startup line counts."""
+"""How many clients TFF trains at once by default; what the startup line counts; what Ctrl-C and SIGTERM ask for;
+the TFF worker's end."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from fedlm.fl import runtime
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import ROOT, assert_session_ended
 
 
 @pytest.mark.parametrize("cache_mb, cores, units, want", [
@@ -45,3 +45,97 @@ def test_startup_counts_the_process_start_once_then_each_job_from_its_own_start(
             "print(sorted(first.laps), sorted(later.laps))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == "['python + hydra'] ['data']"
+
+
+# --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------------------------
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> _Clock:
+    """A fresh stop request and a clock the test moves; nothing is installed as a signal handler."""
+    clock = _Clock()
+    monkeypatch.setattr(runtime, "_clock", clock)
+    monkeypatch.setattr(runtime, "_stop", runtime._StopRequest())
+    return clock
+
+
+def test_a_request_delivered_twice_is_one_request_and_a_later_one_stops_at_once(clock, capfd):
+    runtime._on_signal(signal.SIGTERM, None)
+    clock.now += 0.0002  # uv's forwarded copy of a group SIGTERM
+    runtime._on_signal(signal.SIGTERM, None)
+    with pytest.raises(runtime.Interrupted) as stopped:  # the round boundary still stops
+        runtime.check_interrupted()
+    assert stopped.value.code == 143
+    assert capfd.readouterr().err.count("got SIGTERM, stopping after this round") == 1
+
+
+def test_a_second_request_after_the_window_stops_at_once_then_nothing_more_is_asked(clock):
+    runtime._on_signal(signal.SIGINT, None)
+    clock.now += 0.2  # uv forwards SIGINT after 200 ms
+    runtime._on_signal(signal.SIGINT, None)
+    clock.now += runtime.REPEAT_WINDOW  # a person pressing Ctrl-C again after the notice
+    with pytest.raises(runtime.Interrupted) as stopped:
+        runtime._on_signal(signal.SIGINT, None)
+    assert stopped.value.code == 130
+    clock.now += 0.2
+    runtime._on_signal(signal.SIGINT, None)  # that one's copy, during the cleanup: nothing more to do
+
+
+def test_another_signal_soon_after_is_a_second_request(clock):
+    runtime._on_signal(signal.SIGTERM, None)
+    clock.now += 0.1
+    with pytest.raises(runtime.Interrupted) as stopped:
+        runtime._on_signal(signal.SIGINT, None)
+    assert stopped.value.code == 130
+
+
+def test_a_second_request_waits_for_a_checkpoint_being_written(clock):
+    runtime._on_signal(signal.SIGINT, None)
+    clock.now += runtime.REPEAT_WINDOW + 1
+    written = []
+    with pytest.raises(runtime.Interrupted):
+        with runtime.uninterrupted():
+            runtime._on_signal(signal.SIGINT, None)
+            written.append(True)  # the block goes on to its end
+    assert written == [True]
+
+
+def test_after_the_last_round_requests_let_the_run_finish(clock, capfd):
+    runtime.finishing()
+    runtime._on_signal(signal.SIGTERM, None)
+    clock.now += runtime.REPEAT_WINDOW + 1
+    runtime._on_signal(signal.SIGTERM, None)  # deliberate, still no stop
+    runtime.check_interrupted()  # no round boundary stops it either
+    err = capfd.readouterr().err
+    assert "got SIGTERM after the last round: finishing" in err and "got SIGTERM again" in err
+
+
+@pytest.mark.e2e
+def test_a_context_referenced_after_its_cleanup_does_not_signal_its_stopped_worker():
+    """A round given up mid-computation (a second Ctrl-C) leaves TFF's context referenced beyond `tff_context`, whose
+    cleanup stops and reaps the worker; TFF's `__del__` at exit then signalled the worker's pid: 'Exception ignored
+    in: ServiceManager.__del__ ... ProcessLookupError' (or a signal to whichever process has that pid by then)."""
+    code = """if True:
+        import tensorflow as tf
+        import tensorflow_federated as tff
+        from fedlm.fl import runtime
+
+        kept = []
+        with runtime.tff_context():
+            print(tff.tensorflow.computation(lambda: tf.constant(1))())  # starts the worker
+            kept.append(tff.framework.get_context_stack().current)  # what the abandoned round's frames hold
+        print("left the context", flush=True)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    out, err = proc.communicate(timeout=300)
+    assert_session_ended(proc.pid)
+    assert proc.returncode == 0 and "left the context" in out, err[-3000:]
+    assert "Exception ignored" not in err and "ProcessLookupError" not in err, err[-3000:]

@@ -38,6 +38,16 @@ def test_oov_rate_excludes_padding_and_tokens_exclude_both():
     assert float(tokens.result()) == 5
 
 
+def test_derived_metrics_are_defined_for_any_loss_a_diverging_round_produces():
+    """optimizer.learning_rate=1e6: round 1's cross-entropy is ~636,198 nats; exp() of it overflowed (OverflowError),
+    and the round was neither logged nor checked for divergence."""
+    out = metrics.with_derived({"train_cross_entropy": 636198.1, "eval_cross_entropy": float("nan")})
+    assert out["train_perplexity"] == math.inf
+    assert out["train_bits_per_char"] == pytest.approx(636198.1 / math.log(2))
+    assert math.isnan(out["eval_perplexity"]) and math.isnan(out["eval_bits_per_char"])
+    assert metrics.with_derived({"x_cross_entropy": metrics.LARGEST_EXP_ARGUMENT})["x_perplexity"] < math.inf
+
+
 def test_derived_perplexity_and_bits_per_char():
     out = metrics.with_derived({"eval_cross_entropy": math.log(4.0), "eval_loss": 9.0})
     np.testing.assert_allclose(out["eval_perplexity"], 4.0)
