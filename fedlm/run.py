@@ -57,7 +57,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
     from fedlm import experiment
     from fedlm.conf import preflight
     from fedlm.fl import checkpoint, loop
-    from fedlm.tracking import artifacts, plots, release, runs, sweep, tags
+    from fedlm.tracking import artifacts, ledger, plots, release, runs, sweep, tags
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -81,15 +81,18 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=loop.check_finite_state
         )
         logged = release.logged_steps(resume.run_id) if resume else {}
-        metrics = release.MlflowReleaseManager(already_logged=logged)
+        writer = ledger.StoreWriter(run_dir.checkpoints / ledger.FILE_NAME, mlflow.get_tracking_uri(),
+                                    cfg.mlflow.store_retry_seconds)
+        metrics = release.MlflowReleaseManager(already_logged=logged, writer=writer)
         samples = release.SampleReleaseManager(
             lambda: exp.learning_process.get_model_weights(exp.process.state), cfg.sample_prompts,
             cfg.sample_temperatures, cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
-            done_rounds=release.sampled_rounds(resume.run_id) if resume else (),
+            done_rounds=release.sampled_rounds(resume.run_id) if resume else (), writer=writer,
         )
         managers = [metrics, release.ProgressReleaseManager(cfg.rounds), samples, loop.DivergenceCheck()]
         choices = dict(hydra_cfg.runtime.choices)
         with runs.open_run(cfg, choices, resume, run_dir, overrides, sweep_dir, metrics) as run_id:
+            writer.attach(run_id, logged)  # a resumed run first logs the metrics its store lacks
             mlflow.log_dict({r: exp.sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
             stats = source.stats() | {"eval_sequences": float(exp.evaluation.num_sequences())}
             mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
@@ -102,16 +105,20 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             try:
                 state = loop.train(exp.process, exp.select_clients, cfg.rounds, exp.evaluation.evaluate,
                                    exp.evaluation.data, cfg.eval_every, managers, checkpoints)
+                writer.flush()  # every round's metrics in the store before the run is finished
                 # Hand the trained (not the initial) weights back to Keras; save, log and plot.
                 final_model = artifacts.portable_copy(exp.learning_process.get_model_weights(state))
-                path = artifacts.log_final_model(final_model, str(run_dir.path), cfg.mlflow.registered_model_name)
+                path = writer.call(lambda: artifacts.log_final_model(final_model, str(run_dir.path),
+                                                                     cfg.mlflow.registered_model_name),
+                                   "the final model")
             except BaseException as e:
-                runs.end_early(checkpoints, e, run_id, run_dir, overrides)
+                runs.end_early(checkpoints, e, run_id, run_dir, overrides, writer)
                 raise
             try:  # the learning curves; a figure that fails must not fail the finished run
                 plots.log_run_figure(run_id)
             except Exception as e:
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
+            writer.finish("FINISHED", wait=True)
     final = metrics.latest
     print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
           f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)

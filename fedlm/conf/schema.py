@@ -430,6 +430,9 @@ class MlflowConfig:
     tracking_uri: Optional[str] = None
     experiment_name: str = "fedlm"
     registered_model_name: Optional[str] = None  # also register the final model under this name
+    # How long the store may stay unavailable (locked, disk full, server down) before the run stops, resumable;
+    # meanwhile the rounds' metrics wait in <run dir>/checkpoints/metrics.jsonl (fedlm/tracking/ledger.py).
+    store_retry_seconds: float = constrained(300.0, ge=0.0)
 
 
 @dataclass

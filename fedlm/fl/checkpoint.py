@@ -5,6 +5,7 @@ A run directory (Hydra's output directory of the run's first invocation) holds:
     checkpoints/program_state_<round>/  the server state (TFF's FileProgramStateManager), the last `checkpoint_keep`
     checkpoints/config.yaml             the resolved config the run started with
     checkpoints/mlflow_run.json         the MLflow run it logs to
+    checkpoints/metrics.jsonl           every round's metrics, kept until the store has them (fedlm/tracking/ledger.py)
     checkpoints/.lock                   locked (flock) while a fedlm process trains the run
     final_model.h5
 

@@ -5,7 +5,7 @@ TFF's training loop hands every round's metrics to these (`tff.program.ReleaseMa
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import mlflow
 import tensorflow_federated as tff
@@ -14,6 +14,9 @@ from fedlm.fl.loop import METRIC_NAMES
 from fedlm.model.metrics import with_derived
 from fedlm.utils import flatten
 
+if TYPE_CHECKING:
+    from fedlm.tracking.ledger import StoreWriter
+
 SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
 
 class MlflowReleaseManager(tff.program.ReleaseManager):
@@ -21,19 +24,24 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
 
     `latest` holds the last value of each name (the run's final eval_loss, for sweepers). `already_logged`
     (metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
-    last checkpoint, and must not log their steps twice.
+    last checkpoint, and must not log their steps twice. With a `writer` (fedlm/tracking/ledger.py) the metrics are
+    kept in the run directory until the store has them, and a store briefly unavailable does not stop the run.
     """
 
-    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None):
+    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None,
+                 writer: StoreWriter | None = None):
         self.latest: dict[str, float] = {}
         self._skip = already_logged or {}
+        self._writer = writer
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
         metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
         self.latest.update(metrics)
         new = {name: v for name, v in metrics.items() if int(key) not in self._skip.get(name, ())}
-        if new:
+        if new and self._writer is not None:
+            self._writer.log(int(key), new)
+        elif new:
             mlflow.log_metrics(new, step=int(key))
 
 
@@ -80,11 +88,12 @@ class SampleReleaseManager(tff.program.ReleaseManager):
 
     def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
                  length: int, seed: int, every: int, total_rounds: int,
-                 done_rounds: Collection[int] = ()):
+                 done_rounds: Collection[int] = (), writer: StoreWriter | None = None):
         self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
         self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
         self._generator = None
         self._done: set[int] = set(done_rounds)  # a resumed run's table already has them (`sampled_rounds`)
+        self._writer = writer  # waits a briefly unavailable store out
 
     async def release(self, value: Any, key: int) -> None:
         key = int(key)
@@ -106,7 +115,14 @@ class SampleReleaseManager(tff.program.ReleaseManager):
                 rng = np.random.default_rng([self._seed, len(rows)])
                 text = self._generator.sample(prompt, self._length, float(temperature), rng)
                 rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
-        mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, SAMPLES_TABLE)
+
+        def log() -> None:
+            mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, SAMPLES_TABLE)
+
+        if self._writer is not None:
+            self._writer.call(log, f"round {key}'s text samples")
+        else:
+            log()
 
 
 def sampled_rounds(run_id: str) -> set[int]:

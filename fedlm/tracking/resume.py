@@ -17,7 +17,7 @@ from fedlm.tracking import tags
 
 # Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed).
 MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "data.download_dir",
-                "mlflow.tracking_uri", "runtime.max_concurrent_clients")
+                "mlflow.tracking_uri", "mlflow.store_retry_seconds", "runtime.max_concurrent_clients")
 # Keys only configs from before options became structured configs with a `_target_` (fedlm 9972261 and older) have.
 OLD_LAYOUT_KEYS = ("aggregator.name", "algorithm.name", "sampling.name", "data.name", "eval.mode")
 

@@ -14,6 +14,7 @@ from fedlm.fl.checkpoint import CheckpointError, RoundCheckpoints, RunDirectory
 from fedlm.fl.loop import Diverged
 from fedlm.fl.runtime import Interrupted
 from fedlm.tracking import store, sweep, tags
+from fedlm.tracking.ledger import StoreWriter
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:
@@ -77,8 +78,9 @@ def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: 
 
 
 def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, run_dir: RunDirectory,
-              overrides: list[str]) -> None:
-    """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on."""
+              overrides: list[str], writer: StoreWriter) -> None:
+    """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on.
+    The status is reported as the store has it: a store that is unavailable keeps showing RUNNING."""
     through = error.round_num - 1 if isinstance(error, Diverged) else None
     if isinstance(error, CheckpointError):  # writing it is what failed: the error says so, once
         saved = checkpoints.saved_round
@@ -90,12 +92,19 @@ def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, 
             saved = checkpoints.saved_round
     interrupted = isinstance(error, Interrupted)
     status = "KILLED" if interrupted else "FAILED"
-    if interrupted:
-        mlflow.end_run(status)
     why = f"stopped by {error.signal_name}; " if interrupted else ""
     kept = f"last checkpoint: round {saved} in {checkpoints.directory}" if saved is not None else "no checkpoint"
-    print(f"fedlm: {why}MLflow run {run_id} marked {status}; {kept}", file=sys.stderr, flush=True)
-    if saved is not None and through is None:  # resuming a diverged run would diverge again
+    resumable = saved is not None and through is None  # resuming a diverged run would diverge again
+    marked = writer.finish(status, wait=False)  # the metrics the store lacks, then the status: one try each
+    unlogged = writer.pending_note()
+    unlogged = f"; {unlogged}, not yet in the store" if unlogged else ""
+    if marked:
+        print(f"fedlm: {why}MLflow run {run_id} marked {status}{unlogged}; {kept}", file=sys.stderr, flush=True)
+    else:
+        print(f"fedlm: {why}could not mark MLflow run {run_id} {status}: its store {writer.uri} is unavailable "
+              f"({writer.reason}), so it shows RUNNING{unlogged}; {kept}", file=sys.stderr, flush=True)
+    if resumable:
         again = " ".join(o for o in overrides if not o.startswith("resume="))
-        print(f"fedlm: continue it with: python -m fedlm.run {again} resume={run_dir.path}",
+        first = " (it logs those metrics first)" if unlogged else ""
+        print(f"fedlm: continue it with: python -m fedlm.run {again} resume={run_dir.path}{first}",
               file=sys.stderr, flush=True)
