@@ -22,7 +22,8 @@ def test_override_values_lose_hydras_escaping():
 
 
 def test_a_sweep_child_is_named_by_its_swept_values_only():
-    overrides = [r"mlflow.tracking_uri=sqlite\:////tmp/x.db", "optimizer=adam", "model=tiny", "client_weighting=uniform"]
+    overrides = [r"mlflow.tracking_uri=sqlite\:////tmp/x.db", "optimizer=adam", "model=tiny",
+                 "client_weighting=uniform"]
     assert names.child_name(overrides, ["optimizer", "client_weighting"], GROUPS) == "adam · uniform"
     trial = ["optimizer.learning_rate=0.38123456", "server_optimizer.learning_rate=1.1", "local_epochs=2"]
     assert names.child_name(trial, ["optimizer.learning_rate", "server_optimizer.learning_rate", "local_epochs"],
