@@ -22,7 +22,7 @@ from fedlm.fl import runtime
 
 
 def run(cfg: DictConfig) -> float:
-    """One experiment; returns the final eval loss (what `hydra/sweeper=optuna` minimizes)."""
+    """One experiment; returns the final eval loss (MLflow's `eval/loss`: what `hydra/sweeper=optuna` minimizes)."""
     checks.validate(cfg)
     startup = runtime.Stopwatch()
     source = instantiate(cfg.data)(seed=cfg.seed, cache_dir=cfg.cache_dir)  # parsed, or read from the cache
@@ -57,7 +57,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
     from fedlm import experiment
     from fedlm.conf import preflight
     from fedlm.fl import checkpoint, loop
-    from fedlm.tracking import artifacts, ledger, plots, release, runs, sweep, tags
+    from fedlm.tracking import artifacts, datasets, ledger, plots, release, runs, sweep, tags
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -94,8 +94,8 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
         with runs.open_run(cfg, choices, resume, run_dir, overrides, sweep_dir, metrics) as run_id:
             writer.attach(run_id, logged)  # a resumed run first logs the metrics its store lacks
             mlflow.log_dict({r: exp.sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
-            stats = source.stats() | {"eval_sequences": float(exp.evaluation.num_sequences())}
-            mlflow.log_metrics({k: v for k, v in stats.items() if 0 not in logged.get(k, ())})
+            # the data's constants: the run's datasets (train, eval) and tags, not metrics
+            datasets.log_inputs(source, exp.evaluation.client_ids, exp.evaluation.num_sequences())
             mlflow.set_tags({tags.MODEL_INIT: init_path} | ({tags.MODEL_INIT_NOTES: "; ".join(init.notes)}
                                                             if init.notes else {}))
             if source.oov_characters is not None:
@@ -108,14 +108,14 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 writer.flush()  # every round's metrics in the store before the run is finished
                 # Hand the trained (not the initial) weights back to Keras; save, log and plot.
                 final_model = artifacts.portable_copy(exp.learning_process.get_model_weights(state))
-                path = writer.call(lambda: artifacts.log_final_model(final_model, str(run_dir.path),
-                                                                     cfg.mlflow.registered_model_name),
-                                   "the final model")
+                path = writer.call(lambda: artifacts.log_final_model(  # with the last round's metrics linked
+                    final_model, str(run_dir.path), cfg.mlflow.registered_model_name, step=cfg.rounds
+                ), "the final model")
             except BaseException as e:
                 runs.end_early(checkpoints, e, run_id, run_dir, overrides, writer)
                 raise
             try:  # the learning curves; a figure that fails must not fail the finished run
-                plots.log_run_figure(run_id)
+                plots.log_run_figure(run_id, step=cfg.rounds)
             except Exception as e:
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
             writer.finish("FINISHED", wait=True)

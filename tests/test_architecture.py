@@ -31,7 +31,7 @@ LIGHT = [
     "fedlm.conf", "fedlm.conf.schema", "fedlm.conf.checks", "fedlm.conf.preflight", "fedlm.conf.runlog",
     "fedlm.data", "fedlm.data.shakespeare", "fedlm.data.sources",
     "fedlm.model", "fedlm.fl", "fedlm.fl.runtime",
-    "fedlm.tracking", "fedlm.tracking.tags", "fedlm.tracking.sweep",
+    "fedlm.tracking", "fedlm.tracking.tags", "fedlm.tracking.sweep", "fedlm.tracking.names",
     "fedlm.run", "fedlm.pretrain", "fedlm.generate",
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")

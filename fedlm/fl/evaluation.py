@@ -32,6 +32,7 @@ class Evaluation:
     evaluate: Callable[[Any, Any], dict[str, float]]  # (server state, data) -> metrics
     data: Any  # what `evaluate` takes: one dataset (Keras) or a dataset per client (federated)
     datasets: list[tf.data.Dataset]  # the same data as a list, for counting what is evaluated
+    client_ids: Sequence[str] = ()  # whose test splits they are (the run's eval dataset input)
 
     def num_sequences(self) -> int:
         """Sequences evaluated each time (reads the data once; Keras's is cached, so this warms its cache)."""
@@ -56,7 +57,7 @@ def keras(*, process: tff.learning.templates.LearningProcess, model_fn: ModelFn,
         process.get_model_weights(state).assign_weights_to(keras_model)
         return keras_model.evaluate(data, verbose=0, return_dict=True)
 
-    return Evaluation(evaluate, dataset, [dataset])
+    return Evaluation(evaluate, dataset, [dataset], clients.client_ids)
 
 
 def federated(*, process: tff.learning.templates.LearningProcess, model_fn: ModelFn,
@@ -73,4 +74,4 @@ def federated(*, process: tff.learning.templates.LearningProcess, model_fn: Mode
         metrics = fed_eval.next(eval_state, client_datasets).metrics["client_work"]["eval"]["current_round_metrics"]
         return {k: float(v) for k, v in metrics.items()}
 
-    return Evaluation(evaluate, datasets, datasets)
+    return Evaluation(evaluate, datasets, datasets, clients.client_ids)

@@ -9,13 +9,17 @@ import math
 import textwrap
 
 import mlflow
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from fedlm.tracking import names
 from fedlm.vocab import RANDOM_GUESS
 
 RUN_FIGURE = "plots/learning_curves.png"
 SWEEP_FIGURE = "plots/sweep_eval_accuracy.png"
+RUN_IMAGE_KEY = "learning_curves"  # the same figure as an MLflow image: the chart view shows runs' side by side
 
 
 def _history(client: mlflow.MlflowClient, run_id: str, key: str) -> tuple[list[int], list[float]]:
@@ -31,9 +35,9 @@ def run_figure(run_id: str, client: mlflow.MlflowClient | None = None) -> Figure
     loss_ax, acc_ax = fig.subplots(1, 2)
     for ax, what in ((loss_ax, "loss"), (acc_ax, "accuracy")):
         for split, style in (("train", "-"), ("eval", "o-")):
-            steps, values = _history(client, run_id, f"{split}_{what}")
+            steps, values = _history(client, run_id, f"{split}/{what}")
             if steps:
-                ax.plot(steps, values, style, label=f"{split}_{what}", markersize=4)
+                ax.plot(steps, values, style, label=f"{split}/{what}", markersize=4)
         _round_axis(ax)
         ax.legend()
     loss_ax.set_ylabel("loss (masked cross-entropy, nats/char)")
@@ -57,7 +61,7 @@ def _title(text: str, fig: Figure) -> str:
     return "\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 11), max_lines=3, placeholder=" …"))
 
 
-def sweep_figure(parent_run_id: str, metric: str = "eval_accuracy",
+def sweep_figure(parent_run_id: str, metric: str = names.EVAL_ACCURACY,
                  client: mlflow.MlflowClient | None = None) -> Figure:
     """One line per child run of a sweep parent: `metric` against round, labelled by the child's run name."""
     client = client or mlflow.MlflowClient()
@@ -79,11 +83,22 @@ def sweep_figure(parent_run_id: str, metric: str = "eval_accuracy",
     return fig
 
 
-def log_run_figure(run_id: str) -> None:
-    """The run's learning curves as an artifact of the run."""
-    mlflow.MlflowClient().log_figure(run_id, run_figure(run_id), RUN_FIGURE)
+def pixels(fig: Figure) -> np.ndarray:
+    """The figure rendered: (height, width, RGB) uint8."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def log_sweep_figure(parent_run_id: str, metric: str = "eval_accuracy") -> None:
+def log_run_figure(run_id: str, step: int = 0) -> None:
+    """The run's learning curves as an artifact of the run, and as its image `learning_curves` at `step` (the last
+    round), which the experiment's chart view shows next to other runs'."""
+    client = mlflow.MlflowClient()
+    fig = run_figure(run_id, client)
+    client.log_figure(run_id, fig, RUN_FIGURE)
+    client.log_image(run_id, pixels(fig), key=RUN_IMAGE_KEY, step=step, synchronous=True)
+
+
+def log_sweep_figure(parent_run_id: str, metric: str = names.EVAL_ACCURACY) -> None:
     """The children's `metric` overlaid, as an artifact of the sweep's parent run."""
     mlflow.MlflowClient().log_figure(parent_run_id, sweep_figure(parent_run_id, metric), SWEEP_FIGURE)

@@ -12,18 +12,21 @@ import tensorflow_federated as tff
 
 from fedlm.fl.loop import METRIC_NAMES
 from fedlm.model.metrics import with_derived
+from fedlm.tracking import names
 from fedlm.utils import flatten
 
 if TYPE_CHECKING:
     from fedlm.tracking.ledger import StoreWriter
 
 SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
+FINAL_SAMPLES_TABLE = "samples/final_samples.json"  # the last round's rows alone: one table to compare across runs
 
 class MlflowReleaseManager(tff.program.ReleaseManager):
-    """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round.
+    """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round,
+    under MLflow's names (`eval_loss` as `eval/loss`: names.metric).
 
-    `latest` holds the last value of each name (the run's final eval_loss, for sweepers). `already_logged`
-    (metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
+    `latest` holds the last value of each fedlm name (the run's final eval_loss, for sweepers). `already_logged`
+    (MLflow metric -> steps, from `logged_steps`) is not logged again: a resumed run recomputes the rounds after its
     last checkpoint, and must not log their steps twice. With a `writer` (fedlm/tracking/ledger.py) the metrics are
     kept in the run directory until the store has them, and a store briefly unavailable does not stop the run.
     """
@@ -38,7 +41,8 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
         flat = flatten(value)
         metrics = with_derived({name: float(flat[k]) for k, name in METRIC_NAMES.items() if k in flat})
         self.latest.update(metrics)
-        new = {name: v for name, v in metrics.items() if int(key) not in self._skip.get(name, ())}
+        logged = {names.metric(name): v for name, v in metrics.items()}
+        new = {name: v for name, v in logged.items() if int(key) not in self._skip.get(name, ())}
         if new and self._writer is not None:
             self._writer.log(int(key), new)
         elif new:
@@ -46,7 +50,7 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
 
 
 def logged_steps(run_id: str) -> dict[str, set[int]]:
-    """Metric name -> the steps the run already has."""
+    """MLflow metric name -> the steps the run already has."""
     client = mlflow.MlflowClient()
     return {key: {m.step for m in client.get_metric_history(run_id, key)}
             for key in client.get_run(run_id).data.metrics}
@@ -83,8 +87,9 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
 
 class SampleReleaseManager(tff.program.ReleaseManager):
     """At round 0, every `every` rounds and the last round: text from fixed prompts with the current server
-    weights, appended to an MLflow table (round, prompt, temperature, text). The same seed every round, so
-    the text changes only because the model does."""
+    weights, appended to an MLflow table (round, prompt, temperature, text); the last round's also to a table of
+    its own, which MLflow's artifact evaluation view lines up across runs. The same seed every round, so the text
+    changes only because the model does."""
 
     def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
                  length: int, seed: int, every: int, total_rounds: int,
@@ -115,9 +120,12 @@ class SampleReleaseManager(tff.program.ReleaseManager):
                 rng = np.random.default_rng([self._seed, len(rows)])
                 text = self._generator.sample(prompt, self._length, float(temperature), rng)
                 rows.append({"round": key, "prompt": prompt, "temperature": float(temperature), "text": text})
+        table = {k: [r[k] for r in rows] for k in rows[0]}
 
         def log() -> None:
-            mlflow.log_table({k: [r[k] for r in rows] for k in rows[0]}, SAMPLES_TABLE)
+            mlflow.log_table(table, SAMPLES_TABLE)
+            if key == self._total:
+                mlflow.log_table(table, FINAL_SAMPLES_TABLE)
 
         if self._writer is not None:
             self._writer.call(log, f"round {key}'s text samples")

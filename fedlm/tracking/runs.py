@@ -3,6 +3,7 @@ opened new or resumed with its config logged; ended early with the last round ke
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from typing import Any, Iterator, Mapping
 
@@ -13,53 +14,69 @@ from fedlm.conf import schema
 from fedlm.fl.checkpoint import CheckpointError, RoundCheckpoints, RunDirectory
 from fedlm.fl.loop import Diverged
 from fedlm.fl.runtime import Interrupted
-from fedlm.tracking import store, sweep, tags
+from fedlm.tracking import names, store, sweep, tags
+from fedlm.tracking.artifacts import LOGGED_MODEL_NAME
 from fedlm.tracking.ledger import StoreWriter
+
+# System metrics say "Started monitoring system metrics." and more at INFO, at every run's start and end.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:
-    """One tag per command-line override (`override.optimizer` = `adam`), so the UI can filter and group by them."""
+    """One tag per command-line override (`override.optimizer` = `adam`), so the UI can filter and group by them;
+    values as Hydra read them (`sqlite:////x.db`, not the command line's `sqlite\\:////x.db`)."""
     run = {tags.OVERRIDES: " ".join(overrides), tags.GIT_COMMIT: store.git_commit()}
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        run[f"{tags.OVERRIDE_PREFIX}{key}"] = value
+    for override in names.parse_overrides(overrides):
+        run[f"{tags.OVERRIDE_PREFIX}{override.key}"] = override.text
     return run
 
 
-def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None = None) -> mlflow.ActiveRun:
-    """Start this job's run, named and tagged by its overrides; in a Hydra multirun, as a child of the sweep's
-    parent run (fedlm/tracking/sweep.py), named by the overrides that vary across the sweep."""
+def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None, choices: Mapping[str, Any],
+              summary: str) -> mlflow.ActiveRun:
+    """Start this job's run, tagged by its overrides, with MLflow's system metrics (CPU, memory, every 10 s). Named
+    `summary` (names.run_summary); in a Hydra multirun, a child of the sweep's parent run (fedlm/tracking/sweep.py)
+    named by its values of the keys that vary across the sweep (names.child_name)."""
     experiment = store.get_or_create_experiment(experiment_name)
-    run, parent = run_tags(overrides), None
+    run, name = run_tags(overrides), summary
     if sweep_dir is not None:
         run[tags.SWEEP_DIR] = sweep_dir
         if parent := sweep.find_parent_run(experiment.experiment_id, sweep_dir):
             run["mlflow.parentRunId"] = parent.info.run_id
-    return mlflow.start_run(run_name=sweep.child_run_name(overrides, parent), tags=run)
+            swept = parent.data.tags.get(tags.SWEPT_KEYS, "").split()
+            name = names.child_name(overrides, swept, choices) or summary
+    return mlflow.start_run(run_name=name, tags=run, log_system_metrics=True)
 
 
-def run_params(config_flat: Mapping[str, Any], choices: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's params: the option chosen in every group (`optimizer=adam`, readable and searchable as
-    `params.optimizer = 'adam'`) and the keys of the chosen options and the rest of the config -- not how options
-    are built (`_target_`, `_partial_`), which `config.yaml` keeps."""
-    params = {group: choice for group, choice in choices.items() if not group.startswith("hydra/") and choice}
-    params |= {k: v for k, v in config_flat.items() if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS}
-    return params
+def eval_figures(run_id: str) -> tuple[int, dict[str, float], dict[str, float]] | None:
+    """(last round, eval figures at round 0, at the last round) of a run, None before it has any."""
+    client = mlflow.MlflowClient()
+    history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+               for k in (names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY)}
+    if not history[names.EVAL_LOSS]:
+        return None
+    last = history[names.EVAL_LOSS][-1][0]
+    return (last, {k: dict(h)[min(dict(h))] for k, h in history.items() if h},
+            {k: dict(h)[last] for k, h in history.items() if h and last in dict(h)})
 
 
 @contextlib.contextmanager
 def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: RunDirectory, overrides: list[str],
              sweep_dir: str | None, metrics_manager: Any) -> Iterator[str]:
-    """The job's MLflow run, with its config logged: a new one (a sweep's child in a multirun) or, resuming, the
-    interrupted one, whose logged params are kept and whose last metrics the final summary may need. Its id."""
+    """The job's MLflow run, with its config logged and its setup as its description: a new one (a sweep's child in
+    a multirun) or, resuming, the interrupted one, whose logged params are kept and whose last metrics the final
+    summary may need. Its id. Once the body is done, the description adds the eval figures at start and end."""
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
-    params = run_params(schema.flat_config(cfg), choices)
+    flat = schema.flat_config(cfg)
+    params = store.run_params(flat, choices)
     if resume:
-        active_run = mlflow.start_run(run_id=resume.run_id)
+        active_run = mlflow.start_run(run_id=resume.run_id, log_system_metrics=True)
     else:
-        active_run = start_run(cfg.mlflow.experiment_name, overrides, sweep_dir)
+        summary = names.run_summary(choices, cfg.clients_per_round, overrides)
+        active_run = start_run(cfg.mlflow.experiment_name, overrides, sweep_dir, choices, summary)
     with active_run as active:
         run_id = active.info.run_id
+        setup = names.setup_line(cfg, choices)
+        mlflow.set_tags(store.machine_tags(flat))
         if resume:
             print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
                   f"(checkpoints in {run_dir.checkpoints})", flush=True)
@@ -67,14 +84,21 @@ def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: 
             mlflow.set_tag(tags.RESUMED_AFTER_ROUNDS, ",".join(filter(None, [previous, str(resume.round)])))
             logged = active.data.params  # a run killed before logging them gets them now; never changed
             store.log_config({k: v for k, v in params.items() if k not in logged}, config_yaml)
-            metrics_manager.latest.update(active.data.metrics)  # the final eval may be from before the stop
+            # the final eval may be from before the stop
+            metrics_manager.latest.update({names.fedlm_metric(k): v for k, v in active.data.metrics.items()})
         else:
             print(f"MLflow run {run_id} in {mlflow.get_tracking_uri()}", flush=True)
             mlflow.set_tag(tags.RUN_DIR, str(run_dir.path))
+            mlflow.set_tag(tags.DESCRIPTION, names.run_description(active.info.run_name, setup, overrides))
             run_dir.record_start(config_yaml, run_id)
             store.log_config(params, config_yaml)
             store.log_random_guess()
         yield run_id
+        if figures := eval_figures(run_id):
+            last, start, end = figures
+            name = mlflow.get_run(run_id).info.run_name
+            mlflow.set_tag(tags.DESCRIPTION, names.run_description(
+                name, setup, overrides, start, end, last, f"runs:/{run_id}/{LOGGED_MODEL_NAME}"))
 
 
 def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, run_dir: RunDirectory,

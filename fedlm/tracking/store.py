@@ -17,8 +17,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.db.db_types import DATABASE_ENGINES
 from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
 
-from fedlm.conf import preflight
+from fedlm.conf import preflight, schema
 from fedlm.errors import ConfigError
+from fedlm.tracking import tags
 from fedlm.vocab import RANDOM_GUESS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -91,27 +92,60 @@ def _register_database_stores() -> None:
 
 _register_database_stores()
 
+EXPERIMENT_DESCRIPTION = """Federated fine-tuning of a character-level language model (a char-RNN pretrained on \
+Shakespeare's histories) on the other plays, one client per (play, role), with TensorFlow Federated; logged by fedlm.
+
+* **Runs**: one per `python -m fedlm.run`, named by what it does (`fedavg sgd→sgd 10c`); a sweep (`-m`) is a parent \
+run with one child per job, named by its swept values (`adam · uniform`). Each run's description has its setup and \
+its eval figures at the start and the end.
+* **Params**: the chosen options (`optimizer = adam`) and their keys; machine-local settings are `fedlm.config.*` tags.
+* **Metrics**: per round, step = round: `train/*` (the round's clients), `eval/*` (the fixed eval clients; round 0 is \
+the pretrained start). The data's constants are the runs' datasets (`train`, `eval`) and `fedlm.*` tags.
+* **Models**: each run's `final_model`, logged at its last round with that round's metrics."""
+
 
 def get_or_create_experiment(name: str):
+    """The experiment `name`, created if missing; tagged with its kind and described, unless already described."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
         try:
             mlflow.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
         except MlflowException:  # a parallel job created it first
             pass
-    return mlflow.set_experiment(name)
+    experiment = mlflow.set_experiment(name)
+    if tags.EXPERIMENT_KIND not in experiment.tags:  # a kind or description set in the UI is kept
+        mlflow.set_experiment_tag(tags.EXPERIMENT_KIND, tags.CUSTOM_MODEL_DEVELOPMENT)
+    if tags.DESCRIPTION not in experiment.tags:
+        mlflow.set_experiment_tag(tags.DESCRIPTION, EXPERIMENT_DESCRIPTION)
+    return experiment
 
 
 def log_random_guess() -> None:
-    """The random-guess reference, logged once and printed as the tutorial prints it."""
-    mlflow.log_metrics(RANDOM_GUESS)
+    """The random-guess reference, printed as the tutorial prints it (a constant: a tag, datasets.constants)."""
     print(f"Expected accuracy for random guessing: {RANDOM_GUESS['random_guess_accuracy']:.3f} (perplexity "
           f"{RANDOM_GUESS['random_guess_perplexity']:.0f}, {RANDOM_GUESS['random_guess_bits_per_char']:.2f} "
           f"bits/char)", flush=True)
 
 
+def run_params(config_flat: Mapping[str, Any], choices: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's params, what makes the experiment: the option chosen in every group (`optimizer=adam`, readable and
+    searchable as `params.optimizer = 'adam'`) and the keys of the chosen options and the rest of the config -- not
+    how options are built (`_target_`, `_partial_`) nor machine-local keys (machine_tags), which `config.yaml`
+    keeps."""
+    params = {group: choice for group, choice in choices.items() if not schema.is_machine_key(group) and choice}
+    params |= {k: v for k, v in config_flat.items()
+               if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS and not schema.is_machine_key(k)}
+    return params
+
+
+def machine_tags(config_flat: Mapping[str, Any]) -> dict[str, str]:
+    """The machine-local keys (schema.MACHINE_KEYS) as tags, `fedlm.config.cache_dir`: they may differ on resume."""
+    return {f"{tags.CONFIG_PREFIX}{k}": str(v)[:5000] for k, v in config_flat.items() if schema.is_machine_key(k)}
+
+
 def log_config(cfg_flat: Mapping[str, Any], yaml_text: str) -> None:
-    """Params: the flattened resolved config (MLflow's 500-chars limit per value)."""
+    """Params: the experiment's part of the flattened resolved config (MLflow's 500-chars limit per value); the
+    whole config as `config.yaml`."""
     mlflow.log_params({k: str(v)[:500] for k, v in cfg_flat.items()})
     mlflow.log_text(yaml_text, "config.yaml")
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Any
+from typing import Any, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from fedlm.tracking import tags
+from fedlm.conf import schema
+from fedlm.tracking import names, tags
 
 
 
@@ -51,9 +52,46 @@ def swept_keys(config: DictConfig) -> list[str]:
 
 
 def sweep_name(config: DictConfig) -> str:
-    """The parent run's name: `optimizer=sgd,adam client_weighting=num_examples,uniform`,
-    `experiment=optimizers server_optimizer=sgd,sgdm,adagrad,adam,yogi`."""
-    return " ".join(swept_overrides(config)) or "sweep"
+    """The parent run's name: what the sweep varies, `optimizer × client_weighting`,
+    `optuna: client lr × server lr × local_epochs` (names.sweep_name)."""
+    return names.sweep_name(swept_keys(config), config.hydra.runtime.choices.get("experiment"))
+
+
+def _swept(key: str, swept: Sequence[str]) -> bool:
+    """`key` varies across the sweep: a swept key, or an option's key of a swept group (`optimizer.learning_rate`
+    when `optimizer=sgd,adam` is swept)."""
+    return any(key == k or key.startswith(f"{k}.") for k in swept)
+
+
+def parent_params(config: DictConfig) -> dict[str, Any]:
+    """The params every child shares (the sweep's config, but the swept keys), and each swept key with its sweep
+    spec (`optimizer` = `sgd,adam`): the parent ticked with its children then differs from them only there."""
+    from fedlm.tracking import store
+
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    params = store.run_params(schema.flat_config(task), dict(config.hydra.runtime.choices))
+    spec = dict(o.partition("=")[::2] for o in swept_overrides(config))
+    return {k: v for k, v in params.items() if not _swept(k, list(spec))} | spec
+
+
+def parent_description(config: DictConfig, children: Sequence[Any] = ()) -> str:
+    """The parent's description (Markdown): what was swept, how, and, once the children are done, their final eval
+    figures, best (lowest final eval loss) first."""
+    definition = sweep_definition(config)
+    text = (f"**{sweep_name(config)}**: a Hydra multirun, one child run per job, named by its swept values.\n\n"
+            f"Swept: `{' '.join(swept_overrides(config)) or 'nothing'}` (sweeper "
+            f"`{definition['sweeper'].get('_target_', '').rsplit('.', 1)[-1]}`, launcher "
+            f"`{definition['launcher'].get('_target_', '').rsplit('.', 1)[-1]}`; the whole definition: `sweep.yaml`). "
+            "The parent's params are what every child shares, and each swept key's sweep spec.")
+    finished = sorted((c for c in children if names.EVAL_LOSS in c.data.metrics),
+                      key=lambda c: c.data.metrics[names.EVAL_LOSS])
+    if finished:
+        best = finished[0]
+        text += (f"\n\nBest: **{best.info.run_name}** (run `{best.info.run_id}`), final `{names.EVAL_LOSS}` "
+                 f"{best.data.metrics[names.EVAL_LOSS]:.4f}.\n\n")
+        text += names.runs_table([(c.info.run_name, c.data.metrics) for c in finished],
+                                 [names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY])
+    return text
 
 
 def find_parent_run(experiment_id: str, directory: str):
@@ -67,11 +105,12 @@ def find_parent_run(experiment_id: str, directory: str):
     return found[0] if found else None
 
 
-def child_run_name(overrides: list[str], parent) -> str:
-    """A job's run name: the overrides that vary across its sweep (all of them if that is unknown)."""
-    swept = set(parent.data.tags.get(tags.SWEPT_KEYS, "").split()) if parent else set()
-    varying = [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
-    return " ".join(varying or overrides) or "default"
+def children(experiment_id: str, parent_run_id: str) -> list:
+    """The parent's child runs (`mlflow.entities.Run`), oldest first."""
+    import mlflow
+
+    return mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                              order_by=["attributes.start_time ASC"], output_format="list")
 
 
 class MlflowSweepCallback(Callback):
@@ -79,9 +118,11 @@ class MlflowSweepCallback(Callback):
 
     def __init__(self) -> None:
         self._parent_id: str | None = None
+        self._experiment_id: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         import mlflow
+        from mlflow.entities import Param
 
         from fedlm.fl import runtime
         from fedlm.tracking import store
@@ -103,8 +144,15 @@ class MlflowSweepCallback(Callback):
                 tags.GIT_COMMIT: store.git_commit(),
             },
         )
-        self._parent_id = parent.info.run_id
+        self._parent_id, self._experiment_id = parent.info.run_id, experiment.experiment_id
         client.log_dict(self._parent_id, definition, "sweep.yaml")
+        try:
+            params = parent_params(config)
+        except Exception as e:  # params are for reading; a config they cannot be read from must not stop the sweep
+            print(f"fedlm: the sweep parent run gets no params: {e!r}", flush=True)
+            params = {}
+        client.log_batch(self._parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        client.set_tag(self._parent_id, tags.DESCRIPTION, parent_description(config))
         print(f"MLflow sweep parent run {self._parent_id} ({sweep_name(config)})", flush=True)
         # If a job fails, Hydra raises before on_multirun_end: the parent must not stay RUNNING, and a parallel
         # launcher's worker processes must not outlive us.
@@ -117,13 +165,29 @@ class MlflowSweepCallback(Callback):
         if self._parent_id is not None:
             from fedlm.tracking import plots
 
-            try:  # the children's eval_accuracy, overlaid; a figure that fails must not fail the finished sweep
+            try:  # the children's eval accuracy, overlaid; a figure that fails must not fail the finished sweep
                 plots.log_sweep_figure(self._parent_id)
             except Exception as e:
                 print(f"fedlm: could not log the sweep figure to run {self._parent_id}: {e!r}", flush=True)
+            try:  # the description is for reading; a store that fails it must not leave the parent RUNNING
+                self._describe_results(config)
+            except Exception as e:
+                print(f"fedlm: could not describe the results in run {self._parent_id}: {e!r}", flush=True)
         self._terminate("FINISHED")
         # joblib's (loky's) workers idle on after the sweep and exit only some time after we do: end them now.
         runtime.kill_children(timeout=2.0)
+
+    def _describe_results(self, config: DictConfig) -> None:
+        """The parent's description, now with the children's results, and its best child as a tag."""
+        import mlflow
+
+        done = children(self._experiment_id, self._parent_id)
+        client = mlflow.MlflowClient()
+        client.set_tag(self._parent_id, tags.DESCRIPTION, parent_description(config, done))
+        finished = [c for c in done if names.EVAL_LOSS in c.data.metrics]
+        if finished:
+            best = min(finished, key=lambda c: c.data.metrics[names.EVAL_LOSS])
+            client.set_tag(self._parent_id, tags.SWEEP_BEST_RUN, best.info.run_id)
 
     def _terminate(self, status: str) -> None:
         if self._parent_id is None:

@@ -16,7 +16,7 @@ from fedlm.tracking.release import SAMPLES_TABLE
 from tests.conftest import TINY, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 CONFIG = [*TINY, "rounds=10", "checkpoint_every=2"]
-COMPARED = ("train_loss", "train_accuracy", "train_sequences", "train_batches", "eval_loss", "eval_accuracy")
+COMPARED = ("train/loss", "train/accuracy", "train/sequences", "train/batches", "eval/loss", "eval/accuracy")
 
 
 def _only_run(experiment: str):
@@ -52,7 +52,7 @@ def uninterrupted(tmp_path_factory) -> str:
     result = run_fedlm([*CONFIG, "mlflow.experiment_name=uninterrupted"], tmp_path_factory.mktemp("uninterrupted"))
     assert result.returncode == 0, result.stdout[-3000:]
     run = _only_run("uninterrupted")
-    eval_steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")]
+    eval_steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/loss")]
     assert sorted(eval_steps) == list(range(11))
     return run.info.run_id
 
@@ -61,7 +61,7 @@ def uninterrupted(tmp_path_factory) -> str:
 def test_finished_run_keeps_its_last_checkpoints(uninterrupted):
     run = mlflow.get_run(uninterrupted)
     assert RunDirectory(run.data.tags["fedlm.run_dir"]).rounds() == [8, 10]  # every 2 rounds, the last 2 kept
-    assert run.data.metrics["data_oov_chars"] == 0 and run.data.tags["fedlm.data_oov_distinct"] == ""
+    assert run.data.tags["fedlm.data_oov_chars"] == "0" and run.data.tags["fedlm.data_oov_distinct"] == ""
 
 
 def _interrupt_at(args: list[str], tmp_path, run_dir: str, round_num: int, sig: signal.Signals):
@@ -120,7 +120,7 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     assert f"last checkpoint: round {round_num - 1}" in result.stdout and "Traceback" not in result.stdout
     run = _only_run("diverging")
     assert run.info.status == "FAILED"
-    train_loss = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")
+    train_loss = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/loss")
     assert max(m.step for m in train_loss) == round_num  # the bad round is logged, nothing after it
 
 

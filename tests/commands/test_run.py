@@ -19,12 +19,12 @@ def test_run_logs_rounds_params_and_artifacts(tiny_run, tiny_run_id):
     client = mlflow.MlflowClient()
     run = mlflow.get_run(tiny_run_id)
     assert run.info.status == "FINISHED"
-    for key in ("eval_loss", "eval_accuracy"):
+    for key in ("eval/loss", "eval/accuracy"):
         assert sorted(_metric_steps(client, run.info.run_id, key)) == [0, 1, 2]
-    for key in ("train_loss", "train_accuracy"):
+    for key in ("train/loss", "train/accuracy"):
         assert sorted(_metric_steps(client, run.info.run_id, key)) == [1, 2]
     assert run.data.params["model.rnn_units"] == "16" and run.data.params["rounds"] == "2"
-    assert run.data.metrics["data_clients"] > 800
+    assert int(run.data.tags["fedlm.data_clients"]) > 800
     assert "model=tiny" in run.data.tags["fedlm.overrides"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "model", "samples", "plots", "sampled_clients.json"} <= artifacts
@@ -42,7 +42,7 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
     start = metrics.compile_for_eval(tf.keras.models.load_model(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False))
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
     run = mlflow.get_run(tiny_run_id)
-    logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "eval_loss")
+    logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "eval/loss")
     np.testing.assert_allclose(logged[0], direct["loss"], rtol=1e-5)
     assert logged[2] != logged[0]  # and training then moved it
 
@@ -82,7 +82,7 @@ def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id
 
     assert sampled(children["0"]) == sampled(first) and len(sampled(first)) == 2
     assert sampled(children["1"]) != sampled(first)
-    for key in ("train_loss", "train_accuracy", "eval_loss", "eval_accuracy"):
+    for key in ("train/loss", "train/accuracy", "eval/loss", "eval/accuracy"):
         want, got = _metric_steps(client, first.info.run_id, key), _metric_steps(client, children["0"].info.run_id, key)
         assert sorted(got) == sorted(want) and want
         np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)

@@ -24,8 +24,8 @@ def assert_full_history(children, rounds: int) -> None:
     for child in children:
         assert child.info.status == "FINISHED"
         steps = {k: sorted(m.step for m in client.get_metric_history(child.info.run_id, k))
-                 for k in ("eval_loss", "train_loss")}
-        assert steps == {"eval_loss": list(range(rounds + 1)), "train_loss": list(range(1, rounds + 1))}, steps
+                 for k in ("eval/loss", "train/loss")}
+        assert steps == {"eval/loss": list(range(rounds + 1)), "train/loss": list(range(1, rounds + 1))}, steps
 
 
 @pytest.mark.e2e
@@ -38,7 +38,7 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
     assert "database is locked" not in result.stdout
 
     parent, children = sweep_runs(experiment)
-    assert parent.info.run_name == " ".join(SWEEP) and parent.info.status == "FINISHED"
+    assert parent.info.run_name == "optimizer × client_weighting" and parent.info.status == "FINISHED"
     assert parent.data.tags["fedlm.swept_keys"] == "optimizer client_weighting"
     parent_plots = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")  # the sweep callback's figure
     assert [a.path for a in parent_plots] == ["plots/sweep_eval_accuracy.png"]
@@ -47,13 +47,23 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
         "JoblibLauncher" if launcher == "joblib" else "BasicLauncher")
 
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"optimizer={o} client_weighting={w}" for o in ("sgd", "adam") for w in ("num_examples", "uniform"))
+        f"{o} · {w}" for o in ("sgd", "adam") for w in ("num_examples", "uniform"))
     for child in children:
         tags = child.data.tags
-        assert child.info.run_name == f"optimizer={tags['override.optimizer']} client_weighting={tags['override.client_weighting']}"
+        assert child.info.run_name == f"{tags['override.optimizer']} · {tags['override.client_weighting']}"
         assert child.data.params["client_weighting"] == tags["override.client_weighting"]
         assert tags["override.model"] == "tiny"
     assert_full_history(children, rounds=1)
+
+    # The parent: what the children share, and what was swept, as params; a description naming the best child.
+    swept = ("optimizer", "client_weighting")
+    shared = {k: v for k, v in children[0].data.params.items() if k.split(".")[0] not in swept}
+    assert {k: parent.data.params[k] for k in shared} == shared and shared["rounds"] == "1"
+    assert parent.data.params["optimizer"] == "sgd,adam"
+    assert parent.data.params["client_weighting"] == "num_examples,uniform"
+    best = min(children, key=lambda c: c.data.metrics["eval/loss"])
+    assert parent.data.tags["fedlm.sweep_best_run"] == best.info.run_id
+    assert f"Best: **{best.info.run_name}** (run `{best.info.run_id}`)" in parent.data.tags["mlflow.note.content"]
 
 
 @pytest.mark.e2e
@@ -62,9 +72,10 @@ def test_optuna_experiment_runs_three_trials_minimizing_final_eval_loss(tmp_path
                         "mlflow.experiment_name=optuna"], tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]
     parent, children = sweep_runs("optuna")
-    assert len(children) == 3 and parent.info.run_name.startswith("experiment=optuna optimizer.learning_rate=")
+    assert len(children) == 3 and parent.info.run_name == "optuna: client lr × server lr × local_epochs"
+    assert all(c.info.run_name.startswith("client lr=") for c in children)
     assert_full_history(children, rounds=1)
-    final_losses = [mlflow.MlflowClient().get_metric_history(c.info.run_id, "eval_loss")[-1].value
+    final_losses = [mlflow.MlflowClient().get_metric_history(c.info.run_id, "eval/loss")[-1].value
                     for c in children if c.data.metrics]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(final_losses), rel=1e-6)

@@ -29,19 +29,19 @@ def _history(run_id: str, key: str) -> dict[int, float]:
 def test_metrics_per_round(tiny_run_id):
     run = mlflow.get_run(tiny_run_id)
     for split, steps in (("train", [1, 2]), ("eval", [0, 1, 2])):
-        ce = _history(tiny_run_id, f"{split}_cross_entropy")
+        ce = _history(tiny_run_id, f"{split}/cross_entropy")
         assert sorted(ce) == steps
         for step, nats in ce.items():
-            assert _history(tiny_run_id, f"{split}_perplexity")[step] == pytest.approx(math.exp(nats))
-            assert _history(tiny_run_id, f"{split}_bits_per_char")[step] == pytest.approx(nats / math.log(2))
-            assert 0 <= _history(tiny_run_id, f"{split}_oov_rate")[step] < 0.01
-        assert all(v > 0 for v in _history(tiny_run_id, f"{split}_tokens").values())
-    assert set(_history(tiny_run_id, "train_clients").values()) == {2.0}  # TINY: clients_per_round=2
-    assert set(_history(tiny_run_id, "eval_tokens").values()) == {_history(tiny_run_id, "eval_tokens")[0]}  # fixed set
-    for key in ("round_seconds", "eval_seconds", "train_sequences"):
-        assert sorted(_history(tiny_run_id, key)) == ([0, 1, 2] if key == "eval_seconds" else [1, 2])
-    for key, value in vocab.RANDOM_GUESS.items():
-        assert run.data.metrics[key] == pytest.approx(value)
+            assert _history(tiny_run_id, f"{split}/perplexity")[step] == pytest.approx(math.exp(nats))
+            assert _history(tiny_run_id, f"{split}/bits_per_char")[step] == pytest.approx(nats / math.log(2))
+            assert 0 <= _history(tiny_run_id, f"{split}/oov_rate")[step] < 0.01
+        assert all(v > 0 for v in _history(tiny_run_id, f"{split}/tokens").values())
+    assert set(_history(tiny_run_id, "train/clients").values()) == {2.0}  # TINY: clients_per_round=2
+    assert set(_history(tiny_run_id, "eval/tokens").values()) == {_history(tiny_run_id, "eval/tokens")[0]}  # fixed set
+    for key in ("train/seconds", "eval/seconds", "train/sequences"):
+        assert sorted(_history(tiny_run_id, key)) == ([0, 1, 2] if key == "eval/seconds" else [1, 2])
+    for key, value in vocab.RANDOM_GUESS.items():  # a constant: a tag, not a metric
+        assert float(run.data.tags[f"fedlm.{key}"]) == pytest.approx(value, rel=1e-5)
 
 
 @pytest.mark.e2e
@@ -54,6 +54,8 @@ def test_samples_table_at_round_0_and_the_last(tiny_run_id):
     assert len(rows) == 2 * len(cfg.sample_prompts) * len(cfg.sample_temperatures)
     assert {r[1] for r in rows} == set(cfg.sample_prompts)
     assert all(len(r[3]) == cfg.sample_length for r in rows)
+    final = json.loads(mlflow.artifacts.load_text(f"runs:/{tiny_run_id}/{release.FINAL_SAMPLES_TABLE}"))
+    assert final["data"] == [r for r in rows if r[0] == cfg.rounds]  # the last round's rows, alone
 
 
 @pytest.mark.e2e
@@ -66,9 +68,9 @@ def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
     cfg = compose_config(TINY)
     eval_data = keras_eval_data(cfg)
     result = metrics.compile_for_eval(loaded).evaluate(eval_data, verbose=0, return_dict=True)
-    logged = _history(tiny_run_id, "eval_loss")
+    logged = _history(tiny_run_id, "eval/loss")
     assert result["loss"] == logged[max(logged)]
-    assert result["accuracy"] == _history(tiny_run_id, "eval_accuracy")[max(logged)]
+    assert result["accuracy"] == _history(tiny_run_id, "eval/accuracy")[max(logged)]
     # The plain Keras file holds the same weights.
     import tensorflow as tf
 
@@ -99,10 +101,13 @@ def test_run_figure_is_logged_and_shows_the_logged_curves(tiny_run_id):
     fig = plots.run_figure(tiny_run_id)
     loss_ax, acc_ax = fig.axes
     lines = {line.get_label(): line for ax in fig.axes for line in ax.get_lines()}
-    for key in ("train_loss", "eval_loss", "train_accuracy", "eval_accuracy"):
+    for key in ("train/loss", "eval/loss", "train/accuracy", "eval/accuracy"):
         history = _history(tiny_run_id, key)
         assert list(lines[key].get_xdata()) == sorted(history)
         assert list(lines[key].get_ydata()) == [history[s] for s in sorted(history)]
+    # the same figure as an image at the last round, which the chart view shows across runs
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(tiny_run_id, "images")}
+    assert any(p.startswith(f"images/{plots.RUN_IMAGE_KEY}%step%2%") and p.endswith(".png") for p in logged), logged
 
 
 def test_sweep_figure_overlays_the_childrens_eval_accuracy():
@@ -114,7 +119,7 @@ def test_sweep_figure_overlays_the_childrens_eval_accuracy():
         child = client.create_run(experiment.experiment_id, run_name=name,
                                   tags={"mlflow.parentRunId": parent.info.run_id})
         for step, value in enumerate(values):
-            client.log_metric(child.info.run_id, "eval_accuracy", value, step=step)
+            client.log_metric(child.info.run_id, "eval/accuracy", value, step=step)
     client.create_run(experiment.experiment_id, run_name="not in the sweep")
     fig = plots.sweep_figure(parent.info.run_id)
     lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
@@ -162,10 +167,10 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
         experiment_id = experiment["experiment"]["experiment_id"]
         (run,) = json.loads(_get(f"{api}/runs/search", {"experiment_ids": [experiment_id]}))["runs"]
         assert run["info"]["run_id"] == tiny_run_id and run["info"]["status"] == "FINISHED"
-        assert {"eval_loss", "eval_accuracy", "eval_perplexity", "eval_bits_per_char", "train_clients",
-                "random_guess_accuracy"} <= {m["key"] for m in run["data"]["metrics"]}
+        assert {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/bits_per_char", "train/clients"} \
+            <= {m["key"] for m in run["data"]["metrics"]}
         # max_results is needed: without it MLflow 3.5's server answers an empty first page (and a page token).
-        history = json.loads(_get(f"{api}/metrics/get-history?run_id={tiny_run_id}&metric_key=eval_accuracy"
+        history = json.loads(_get(f"{api}/metrics/get-history?run_id={tiny_run_id}&metric_key=eval/accuracy"
                                   f"&max_results=1000"))
         assert sorted(m["step"] for m in history["metrics"]) == [0, 1, 2]
         listed = json.loads(_get(f"{api}/artifacts/list?run_id={tiny_run_id}&path=plots"))
@@ -211,10 +216,59 @@ def test_params_are_the_chosen_options_and_only_their_keys(tiny_run_id):
     assert params["optimizer.learning_rate"] == "0.5" and params["rounds"] == "2"
 
 
-def test_run_params_add_the_choices_and_drop_how_options_are_built():
-    from fedlm.tracking import runs
-
+def test_run_params_add_the_choices_and_drop_how_options_are_built_and_the_machine():
     flat = {"aggregator._target_": "fedlm.fl.aggregators.dp", "aggregator._partial_": True,
-            "aggregator.noise_multiplier": 0.5, "rounds": 3}
+            "aggregator.noise_multiplier": 0.5, "rounds": 3, "cache_dir": "/home/x/.cache/fedlm",
+            "runtime.max_concurrent_clients": 2, "pretrain.log_every": 100, "pretrain.steps": 500}
     choices = {"aggregator": "dp", "hydra/launcher": "basic", "experiment": None}
-    assert runs.run_params(flat, choices) == {"aggregator": "dp", "aggregator.noise_multiplier": 0.5, "rounds": 3}
+    assert store.run_params(flat, choices) == {"aggregator": "dp", "aggregator.noise_multiplier": 0.5, "rounds": 3,
+                                               "pretrain.steps": 500}
+    assert store.machine_tags(flat) == {"fedlm.config.cache_dir": "/home/x/.cache/fedlm",
+                                        "fedlm.config.runtime.max_concurrent_clients": "2",
+                                        "fedlm.config.pretrain.log_every": "100"}
+
+
+@pytest.mark.e2e
+def test_what_mlflow_shows_is_what_the_run_did(tiny_run_id):
+    """What MLflow's UI shows, read back over its API: the model's figures are the run's last ones (not the
+    pretrained start's), metrics only what changes per round, params the experiment and not the machine, a name
+    without infrastructure overrides, the data as dataset inputs, a description from start to end."""
+    from fedlm.conf import schema
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(tiny_run_id)
+    rounds = compose_config(TINY).rounds
+    evals = {k: _history(tiny_run_id, k) for k in run.data.metrics if k.startswith("eval/")}
+    assert {"eval/loss", "eval/accuracy"} <= set(evals)
+
+    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    linked = {m.key: (m.step, m.value) for m in model.metrics if m.key.startswith("eval/")}
+    assert linked == {k: (rounds, history[rounds]) for k, history in evals.items()}
+    assert linked["eval/loss"][1] != evals["eval/loss"][0]  # the trained model's, not round 0's
+    assert model.tags[tags.RUN_NAME] == run.info.run_name
+    assert f"models:/{model.model_id}" in model.tags[tags.DESCRIPTION]  # how to load it
+
+    for key in run.data.metrics:  # per round (MLflow's own system metrics are per sample): no constant logged once
+        if not key.startswith("system/"):
+            assert sorted(_history(tiny_run_id, key)) in ([0, 1, 2], [1, 2]), key
+    assert any(key.startswith("system/") for key in run.data.metrics)
+
+    params = run.data.params
+    assert params["optimizer"] == "sgd" and params["optimizer.learning_rate"] == "0.5"
+    assert not [k for k in params if schema.is_machine_key(k)], params
+    assert run.data.tags["fedlm.config.cache_dir"] == os.environ["FEDLM_CACHE_DIR"]  # the machine's: a tag
+    assert run.data.tags["fedlm.config.mlflow.experiment_name"] == TINY_RUN_EXPERIMENT
+
+    assert run.info.run_name == "fedavg sgd→sgd 2c tiny"  # TINY's `mlflow.experiment_name=e2e` is not in it
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert {d.name for d in inputs.values()} == {"shakespeare-train", "shakespeare-eval"}
+    assert set(inputs) == {"train", "eval"} and all(len(d.digest) == 8 for d in inputs.values())
+    eval_profile = json.loads(inputs["eval"].profile)
+    assert eval_profile["clients"] == 3 and str(eval_profile["sequences"]) == run.data.tags["fedlm.eval_sequences"]
+    assert json.loads(inputs["train"].profile)["clients"] == int(run.data.tags["fedlm.data_clients"]) > 800
+
+    description = run.data.tags[tags.DESCRIPTION]
+    start, end = evals["eval/loss"][0], evals["eval/loss"][rounds]
+    assert f"| `eval/loss` | {start:.4g} | {end:.4g} |" in description and "mlflow.experiment_name" not in description
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[tags.EXPERIMENT_KIND] == "custom_model_development" and experiment.tags[tags.DESCRIPTION]

@@ -1,0 +1,145 @@
+"""What things are called in MLflow, so that runs, models and metrics tell themselves apart at a glance: metric names,
+run names (a sweep child by its swept values, `adam · uniform`; a single run by a summary, `fedavg sgd→sgd 10c`),
+override values as typed minus Hydra's escaping, and the Markdown descriptions of runs, sweeps and models.
+
+Light (Hydra's override parser, no MLflow): the sweep callback names the parent run in Hydra's launching process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Collection, Mapping, Sequence
+
+from fedlm.conf.schema import is_machine_key
+
+SEP = " · "  # between the parts of a run name: no `=`, no spaces to mistake for a separator
+
+# fedlm's metric names -> MLflow's. MLflow's chart view makes a section of each prefix before a `/` (and puts its
+# own system metrics under `system/`): `train/...` and `eval/...` are two sections instead of one list of 20.
+_RENAMED = {"round_seconds": "train/seconds"}
+EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
+
+
+def metric(name: str) -> str:
+    """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`; `round_seconds` -> `train/seconds`
+    (the training time of the round)."""
+    if name in _RENAMED:
+        return _RENAMED[name]
+    split, _, rest = name.partition("_")
+    return f"{split}/{rest}" if split in ("train", "eval") and rest else name
+
+
+def fedlm_metric(name: str) -> str:
+    """The inverse of `metric`: MLflow's name -> fedlm's."""
+    return {v: k for k, v in _RENAMED.items()}.get(name) or name.replace("/", "_", 1)
+
+
+# Words of a key, shortened in run names (the client optimizer is the `optimizer` group).
+_SHORT = {"optimizer": "client", "server_optimizer": "server", "learning_rate": "lr"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Override:
+    """A command-line override, parsed: `key` without `+`/`~`, `value` as Hydra reads it (no escaping)."""
+
+    key: str
+    value: Any
+
+    @property
+    def text(self) -> str:
+        """The value as text: strings as they are (`sqlite:////x.db`, not `sqlite\\:////x.db`), the rest as JSON."""
+        return self.value if isinstance(self.value, str) else json.dumps(self.value)
+
+
+def parse_overrides(overrides: Sequence[str]) -> list[Override]:
+    """A job's overrides (`hydra.overrides.task`: never sweeps, Hydra expanded them), parsed by Hydra's parser."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return [Override(o.key_or_group, o.value()) for o in OverridesParser.create().parse_overrides(list(overrides))]
+
+
+def label(key: str) -> str:
+    """A key as a run name shows it: `optimizer.learning_rate` -> `client lr`; a group or top-level key as it is."""
+    return " ".join(_SHORT.get(part, part) for part in key.split(".")) if "." in key else key
+
+
+def show(value: Any) -> str:
+    """A value as a run name shows it: floats to 3 significant digits (a trial's 0.38123456 is `0.381`)."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _part(o: Override, groups: Collection[str]) -> str:
+    return show(o.value) if o.key in groups else f"{label(o.key)}={show(o.value)}"
+
+
+def child_name(overrides: Sequence[str], swept_keys: Collection[str], groups: Collection[str]) -> str | None:
+    """A sweep job's name: its values of the swept keys, options by name (`adam · uniform`), keys by label
+    (`client lr=0.381 · local_epochs=2`); machine-local keys never. None if none of its overrides is swept."""
+    parts = [_part(o, groups) for o in parse_overrides(overrides) if o.key in swept_keys and not is_machine_key(o.key)]
+    return SEP.join(parts) or None
+
+
+def run_summary(choices: Mapping[str, Any], clients_per_round: int, overrides: Sequence[str]) -> str:
+    """A single run's name: algorithm, client → server optimizer, clients per round (`fedavg sgd→sgd 10c`), after
+    the experiment file if any (`tutorial: …`), then the other options chosen on the command line (`… dp`)."""
+    summary = f"{choices.get('algorithm')} {choices.get('optimizer')}→{choices.get('server_optimizer')} " \
+              f"{clients_per_round}c"
+    shown = {"algorithm", "optimizer", "server_optimizer", "experiment"}
+    extra = [show(o.value) for o in parse_overrides(overrides)
+             if o.key in choices and o.key not in shown and not is_machine_key(o.key) and o.value is not None]
+    experiment = choices.get("experiment")
+    return f"{experiment}: " * bool(experiment) + " ".join([summary, *extra])
+
+
+def sweep_name(swept_keys: Sequence[str], experiment: str | None) -> str:
+    """A sweep parent's name: what it varies (`optimizer × client_weighting`), after the experiment file if any
+    (`optuna: client lr × …`). The run list marks it a parent already (its expand button): no `sweep` in it."""
+    keys = " × ".join(label(k) for k in swept_keys if not is_machine_key(k)) or "sweep"
+    return f"{experiment}: {keys}" if experiment else keys
+
+
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def figures_table(columns: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> str:
+    """A Markdown table: one row per metric key, one column per heading (`round 0`, `round 10`)."""
+    lines = ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| `{k}` | " + " | ".join(_figure(c.get(k)) for c in columns.values()) + " |" for k in keys]
+    return "\n".join(lines)
+
+
+def runs_table(rows: Sequence[tuple[str, Mapping[str, float]]], keys: Sequence[str]) -> str:
+    """A Markdown table: one row per run (name, metrics), one column per metric key."""
+    lines = ["| run | " + " | ".join(f"`{k}`" for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(_figure(m.get(k)) for k in keys) + " |" for name, m in rows]
+    return "\n".join(lines)
+
+
+def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
+    """What the run does, in a sentence: the options chosen and the keys that matter most."""
+    batches = "all" if cfg.max_batches_per_client is None else f"at most {cfg.max_batches_per_client}"
+    return (f"{cfg.rounds} rounds of `{choices.get('algorithm')}`, {cfg.clients_per_round} clients a round "
+            f"(`{choices.get('sampling')}` sampling, `{choices.get('client_weighting')}` weighting, "
+            f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
+            f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
+            f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
+            f"`{choices.get('model')}` from its pretrained start; data `{choices.get('data')}`, seed {cfg.seed}; "
+            f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds.")
+
+
+def run_description(name: str, setup: str, overrides: Sequence[str], start: Mapping[str, float] | None = None,
+                    end: Mapping[str, float] | None = None, end_round: int | None = None,
+                    model_uri: str | None = None) -> str:
+    """A run's description (Markdown): its name and setup, its overrides (but machine-local ones: tags), then, once
+    it has finished, its eval figures at the start and the end, and how to load its model."""
+    shown = " ".join(f"{o.key}={o.text}" for o in parse_overrides(overrides) if not is_machine_key(o.key))
+    text = f"**{name}**: {setup}\n\nOverrides: `{shown or 'none'}`"
+    if start is not None and end is not None:
+        keys = [EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY]
+        text += "\n\n" + figures_table({"round 0 (start)": start, f"round {end_round} (end)": end}, keys)
+    if model_uri is not None:
+        text += f"\n\nModel (Keras, ids → logits): `mlflow.tensorflow.load_model(\"{model_uri}\")`"
+    return text
