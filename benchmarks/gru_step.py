@@ -14,13 +14,14 @@ weights). Elementwise gate math, embedding lookup and softmax are not counted. B
 work, so the GFLOP/s columns compare like with like. Figures only; nothing is asserted. The stock layer
 depends much more on oneDNN (on by default; `TF_ENABLE_ONEDNN_OPTS=0` makes it several times slower).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,12 +36,14 @@ VOCAB, EMBED = 88, 256
 def train_step(units: int, implementation: str, batch: int, seq: int) -> Callable[[], None]:
     """One SGD step of the char-RNN with the given GRU implementation, on a fixed random batch."""
     tf.keras.utils.set_random_seed(0)
-    model = tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(None,), dtype=tf.int32),
-        tf.keras.layers.Embedding(VOCAB, EMBED),
-        build_gru(units, implementation),
-        tf.keras.layers.Dense(VOCAB),
-    ])
+    model = tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(None,), dtype=tf.int32),
+            tf.keras.layers.Embedding(VOCAB, EMBED),
+            build_gru(units, implementation),
+            tf.keras.layers.Dense(VOCAB),
+        ]
+    )
     optimizer = tf.keras.optimizers.SGD(0.01)
     loss_fn = tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
@@ -83,8 +86,10 @@ def main() -> None:
         flops = 6 * args.batch * args.seq * (3 * units * (EMBED + units) + units * VOCAB)
         steps = {impl: train_step(units, impl, args.batch, args.seq) for impl in ("keras", "fast")}
         stock, fast = median_seconds(steps, args.steps, args.warmup).values()
-        print(f"{units:>6} {stock * 1e3:>9.1f} {fast * 1e3:>8.1f} {stock / fast:>7.2f}x "
-              f"{flops / stock / 1e9:>14.1f} {flops / fast / 1e9:>13.1f}")
+        print(
+            f"{units:>6} {stock * 1e3:>9.1f} {fast * 1e3:>8.1f} {stock / fast:>7.2f}x "
+            f"{flops / stock / 1e9:>14.1f} {flops / fast / 1e9:>13.1f}"
+        )
 
 
 if __name__ == "__main__":

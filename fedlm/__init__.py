@@ -1,4 +1,5 @@
 """fedlm: config-driven experiments in federated fine-tuning of a character-level language model."""
+
 import os
 
 from fedlm import console

@@ -37,6 +37,7 @@ start), relative to the largest update, and between their per-round training los
 Finally RSS over `--memory-rounds` rounds of `model=tiny` on the fedlm path (TFF issues report memory growth
 per round). Everything also goes to MLflow (experiment `benchmarks`, unless `--no-mlflow`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ import dataclasses
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEFAULT_OVERRIDES = ["experiment=tutorial"]
@@ -54,7 +56,8 @@ DEFAULT_OVERRIDES = ["experiment=tutorial"]
 
 def compose(overrides: list[str]):
     """fedlm's config, composed as `python -m fedlm.run` would with these overrides."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from fedlm.conf import schema
 
@@ -83,10 +86,8 @@ def rss_mb(children: set[int] | None = None) -> float:
     for child in me.children(recursive=True):
         if children is not None and child.pid not in children:
             continue
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += child.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total / 2**20
 
 
@@ -146,7 +147,8 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     from fedlm import experiment
     from fedlm.data import preprocessing
     from fedlm.fl import process as federated
-    from fedlm.model import char_rnn as model_lib, metrics
+    from fedlm.model import char_rnn as model_lib
+    from fedlm.model import metrics
 
     e, h = cfg.model.embedding_dim, cfg.model.rnn_units
     tutorial = name == "tutorial"
@@ -164,10 +166,18 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
     side.workers = child_pids() - before
     shape = (cfg.seq_length, cfg.batch_size, cfg.shuffle_buffer)
     if tutorial:  # the tutorial: preprocess(client_data.create_tf_dataset_for_client(id)) per client
+
         def datasets(cids: list[str], seed: int) -> list:
-            return [preprocessing.client_dataset(client_data.create_tf_dataset_for_client(c), *shape, seed=seed,
-                                                 local_epochs=cfg.local_epochs, max_batches=cfg.max_batches_per_client)
-                    for c in cids]
+            return [
+                preprocessing.client_dataset(
+                    client_data.create_tf_dataset_for_client(c),
+                    *shape,
+                    seed=seed,
+                    local_epochs=cfg.local_epochs,
+                    max_batches=cfg.max_batches_per_client,
+                )
+                for c in cids
+            ]
     else:
         make = preprocessing.build_client_dataset_fn(client_data, *shape, cfg.local_epochs, cfg.max_batches_per_client)
 
@@ -221,8 +231,10 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
     build_s = time.perf_counter() - t0
     pool = eligible_clients(text_train, cfg)
     if len(pool) < cfg.clients_per_round:
-        raise SystemExit(f"clients_per_round={cfg.clients_per_round}: only {len(pool)} clients have "
-                         f"max_batches_per_client={cfg.max_batches_per_client} full batches")
+        raise SystemExit(
+            f"clients_per_round={cfg.clients_per_round}: only {len(pool)} clients have "
+            f"max_batches_per_client={cfg.max_batches_per_client} full batches"
+        )
     sample = tff.simulation.build_uniform_sampling_fn(pool, replace=False, random_seed=cfg.seed)
     loads = [load_average()]
     label = f"GRU {cfg.model.rnn_units}"
@@ -255,8 +267,11 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
                 side.bare_s.append(total)
             loads.append(load_average())
         phase = "warm-up" if r < warmup else "timed"
-        print(f"  {label} round {r + 1}/{warmup + rounds} ({phase}): "
-              + "  ".join(f"{name} {seconds:.2f}s" for name, seconds in this_round.items()), flush=True)
+        print(
+            f"  {label} round {r + 1}/{warmup + rounds} ({phase}): "
+            + "  ".join(f"{name} {seconds:.2f}s" for name, seconds in this_round.items()),
+            flush=True,
+        )
 
     for r in range(warmup + rounds, warmup + rounds + 3):  # the same rounds without data: the fixed cost
         cids = sample(r, cfg.clients_per_round)
@@ -268,21 +283,34 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
 
     n_batches = len(batches)
     tokens = n_batches * cfg.batch_size * cfg.seq_length
-    flops = n_batches * step_flops(cfg.model.embedding_dim, cfg.model.rnn_units, VOCAB_SIZE,
-                                   cfg.batch_size, cfg.seq_length)
+    flops = n_batches * step_flops(
+        cfg.model.embedding_dim, cfg.model.rnn_units, VOCAB_SIZE, cfg.batch_size, cfg.seq_length
+    )
     start_w = [np.asarray(w) for w in tff.learning.models.ModelWeights.from_model(start).trainable]
     updates = {}
     for s in sides:
         with s.tff():
-            updates[s.name] = [np.asarray(w) - w0 for w, w0 in zip(s.process.get_model_weights(s.state).trainable, start_w)]
+            updates[s.name] = [
+                np.asarray(w) - w0 for w, w0 in zip(s.process.get_model_weights(s.state).trainable, start_w)
+            ]
     scale = max(float(np.abs(u).max()) for u in updates["tutorial"])
     weight_diff = max(float(np.abs(f - t).max()) for f, t in zip(updates["fedlm"], updates["tutorial"])) / scale
     loss_diff = max(abs(a - b) for a, b in zip(sides[0].losses, sides[1].losses))
     result: dict[str, Any] = {
-        "label": label, "model": cfg.model.name, "embedding_dim": cfg.model.embedding_dim,
-        "units": cfg.model.rnn_units, "clients": cfg.clients_per_round, "batches": n_batches,
-        "flops": flops, "tokens": tokens, "weight_diff": weight_diff, "loss_diff": loss_diff,
-        "build_s": build_s, "load_min": min(loads), "load_max": max(loads), "paths": {},
+        "label": label,
+        "model": cfg.model.name,
+        "embedding_dim": cfg.model.embedding_dim,
+        "units": cfg.model.rnn_units,
+        "clients": cfg.clients_per_round,
+        "batches": n_batches,
+        "flops": flops,
+        "tokens": tokens,
+        "weight_diff": weight_diff,
+        "loss_diff": loss_diff,
+        "build_s": build_s,
+        "load_min": min(loads),
+        "load_max": max(loads),
+        "paths": {},
     }
     for side in sides:
         round_s, fixed_s = statistics.median(side.round_s), statistics.median(side.fixed_s)
@@ -308,9 +336,7 @@ def bench_memory(cfg, client_data, rounds: int, warmup: int = 5) -> dict[str, fl
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from fedlm.fl.sampling import client_shuffle_seed
     from fedlm.model import char_rnn as model_lib
-    from fedlm.vocab import VOCAB_SIZE
 
     tf.keras.utils.set_random_seed(cfg.seed)
     start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
@@ -323,8 +349,14 @@ def bench_memory(cfg, client_data, rounds: int, warmup: int = 5) -> dict[str, fl
             rss.append(rss_mb())
         if (r + 1) % 50 == 0:
             print(f"  memory round {r + 1}/{warmup + rounds}: RSS {rss_mb():,.0f} MB", flush=True)
-    return {"rounds": rounds, "rss_first_mb": rss[0], "rss_last_mb": rss[-1], "rss_peak_mb": max(rss),
-            "rss_growth": rss[-1] / rss[0] - 1, "seconds_per_round": (time.perf_counter() - t0) / (warmup + rounds)}
+    return {
+        "rounds": rounds,
+        "rss_first_mb": rss[0],
+        "rss_last_mb": rss[-1],
+        "rss_peak_mb": max(rss),
+        "rss_growth": rss[-1] / rss[0] - 1,
+        "seconds_per_round": (time.perf_counter() - t0) / (warmup + rounds),
+    }
 
 
 def concurrent_text(concurrent: int) -> str:
@@ -332,8 +364,10 @@ def concurrent_text(concurrent: int) -> str:
 
 
 def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None, settings: dict[str, Any]) -> str:
-    lines = [f"fedlm.bench on {os.cpu_count()} CPUs, TF's default threads, TF large-matmul peak "
-             f"{settings['peak_gflops']:.0f} GFLOP/s"]
+    lines = [
+        f"fedlm.bench on {os.cpu_count()} CPUs, TF's default threads, TF large-matmul peak "
+        f"{settings['peak_gflops']:.0f} GFLOP/s"
+    ]
     for res in results:
         floor_s = res["flops"] / (settings["peak_gflops"] * 1e9)
         lines += [
@@ -354,13 +388,18 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
                 f"{p['tff_overhead']:>12.2f}x {p['peak_rss_mb']:>12,.0f} {p['rss_growth']:>+10.1%} | "
                 f"{p['dataset_s']:>10.3f} {p['fixed_s']:>10.3f} {p['tff_step_ms']:>12.1f} {p['bare_step_ms']:>13.1f}"
             )
-        lines.append(f"same results: weight updates differ by {res['weight_diff']:.1e} of the largest update; "
-                     f"training losses by {res['loss_diff']:.1e}")
+        lines.append(
+            f"same results: weight updates differ by {res['weight_diff']:.1e} of the largest update; "
+            f"training losses by {res['loss_diff']:.1e}"
+        )
     if memory:
-        lines += ["", f"RSS over {memory['rounds']} rounds of model=tiny (fedlm path, after 5 warm-up rounds): "
-                      f"{memory['rss_first_mb']:,.0f} MB -> {memory['rss_last_mb']:,.0f} MB "
-                      f"({memory['rss_growth']:+.1%}), peak {memory['rss_peak_mb']:,.0f} MB, "
-                      f"{memory['seconds_per_round']:.2f} s/round"]
+        lines += [
+            "",
+            f"RSS over {memory['rounds']} rounds of model=tiny (fedlm path, after 5 warm-up rounds): "
+            f"{memory['rss_first_mb']:,.0f} MB -> {memory['rss_last_mb']:,.0f} MB "
+            f"({memory['rss_growth']:+.1%}), peak {memory['rss_peak_mb']:,.0f} MB, "
+            f"{memory['seconds_per_round']:.2f} s/round",
+        ]
     return "\n".join(lines)
 
 
@@ -376,8 +415,12 @@ def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) 
         metrics = {}
         for res in results:
             key = f"gru{res['units']}"
-            metrics |= {f"{key}_speedup": res["speedup"], f"{key}_weight_diff": res["weight_diff"],
-                        f"{key}_load_max": res["load_max"], f"{key}_concurrent_clients": res["concurrent_clients"]}
+            metrics |= {
+                f"{key}_speedup": res["speedup"],
+                f"{key}_weight_diff": res["weight_diff"],
+                f"{key}_load_max": res["load_max"],
+                f"{key}_concurrent_clients": res["concurrent_clients"],
+            }
             for name, p in res["paths"].items():
                 metrics |= {f"{key}_{name}_{k}": float(v) for k, v in p.items()}
         if memory:
@@ -390,8 +433,11 @@ def main(argv: list[str] | None = None) -> None:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m fedlm.bench", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fedlm.bench",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of fedlm's config (default experiment=tutorial)")
     parser.add_argument("--models", nargs="+", default=None, help="conf/model names (default: small tutorial)")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per size (default 5)")
@@ -412,31 +458,47 @@ def main(argv: list[str] | None = None) -> None:
     memory_cfg = compose([*overrides, "model=tiny"])
     for cfg in [*cfgs, memory_cfg]:
         checks.validate(cfg)
-        tutorials = {"client_weighting": schema.NumExamplesWeighting, "algorithm": schema.FedAvg,
-                     "aggregator": schema.MeanAggregator}
+        tutorials = {
+            "client_weighting": schema.NumExamplesWeighting,
+            "algorithm": schema.FedAvg,
+            "aggregator": schema.MeanAggregator,
+        }
         for group, option in tutorials.items():
             if (chosen := schema.option_type(cfg[group])) is not option:  # the tutorial's side could not match it
-                raise SystemExit(f"fedlm.bench: {group}={schema.choice_name(chosen)}: the benchmark compares with "
-                                 f"the tutorial's FedAvg, which needs {group}={schema.choice_name(option)}")
+                raise SystemExit(
+                    f"fedlm.bench: {group}={schema.choice_name(chosen)}: the benchmark compares with "
+                    f"the tutorial's FedAvg, which needs {group}={schema.choice_name(option)}"
+                )
     cfg0 = cfgs[0]
 
-    from fedlm.data import client_data as client_data_lib, shakespeare
+    from fedlm.data import client_data as client_data_lib
+    from fedlm.data import shakespeare
 
-    settings = {"peak_gflops": matmul_peak_gflops(), "overrides": " ".join(overrides), "rounds": rounds,
-                 "warmup": args.warmup, "load_at_start": load_average()}
-    print(f"fedlm.bench: models {models}, {rounds} timed rounds after {args.warmup} warm-up, overrides {overrides}; "
-          f"load {settings['load_at_start']:.2f}", flush=True)
+    settings = {
+        "peak_gflops": matmul_peak_gflops(),
+        "overrides": " ".join(overrides),
+        "rounds": rounds,
+        "warmup": args.warmup,
+        "load_at_start": load_average(),
+    }
+    print(
+        f"fedlm.bench: models {models}, {rounds} timed rounds after {args.warmup} warm-up, overrides {overrides}; "
+        f"load {settings['load_at_start']:.2f}",
+        flush=True,
+    )
     text = shakespeare.load_federated_text(cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir)
     client_data = client_data_lib.to_client_data(text.train)
     results, memory = [], None
     for cfg in cfgs:  # a TFF worker per size: the default clients at once depends on the size
         concurrent = runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)
         with runtime.tff_context(concurrent):
-            results.append(bench_size(cfg, text.train, client_data, rounds, args.warmup)
-                           | {"concurrent_clients": concurrent})
+            results.append(
+                bench_size(cfg, text.train, client_data, rounds, args.warmup) | {"concurrent_clients": concurrent}
+            )
     if memory_rounds:
-        with runtime.tff_context(runtime.concurrent_clients(memory_cfg.runtime.max_concurrent_clients,
-                                                            memory_cfg.model.rnn_units)):
+        with runtime.tff_context(
+            runtime.concurrent_clients(memory_cfg.runtime.max_concurrent_clients, memory_cfg.model.rnn_units)
+        ):
             memory = bench_memory(memory_cfg, client_data, memory_rounds)
     settings["peak_gflops"] = max(settings["peak_gflops"], matmul_peak_gflops())  # less hostage to a busy moment
     report = format_report(results, memory, settings)

@@ -8,6 +8,7 @@
   (`fedlm.conf.runlog`).
 Standard library only: `fedlm/__init__.py` imports this before anything else.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +18,9 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, TextIO
 
 TENSORFLOW_IMPORT_NOISE = re.compile(
     rb"Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for plugin cu\w+ when one has "
@@ -28,7 +30,7 @@ TENSORFLOW_IMPORT_NOISE = re.compile(
 
 def _write_all(fd: int, data: bytes) -> None:
     while data:
-        data = data[os.write(fd, data):]
+        data = data[os.write(fd, data) :]
 
 
 @contextlib.contextmanager
@@ -92,7 +94,8 @@ class _FilteredFirstImport(importlib.abc.MetaPathFinder):
 def filter_first_import(package: str, pattern: re.Pattern[bytes]) -> None:
     """The first import of top-level `package`, wherever it happens, runs with `stderr_without(pattern)`."""
     if package not in sys.modules and not any(
-            isinstance(f, _FilteredFirstImport) and f.package == package for f in sys.meta_path):
+        isinstance(f, _FilteredFirstImport) and f.package == package for f in sys.meta_path
+    ):
         sys.meta_path.insert(0, _FilteredFirstImport(package, pattern))
 
 

@@ -1,4 +1,5 @@
 """fedlm's exceptions: one root, so a caller can tell fedlm's refusals from anything else that breaks."""
+
 from __future__ import annotations
 
 

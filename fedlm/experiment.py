@@ -10,7 +10,8 @@ layer (fedlm/fl/, fedlm/data/), the YAML files under conf/<group>/ say which one
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -37,9 +38,7 @@ def build_keras_model_fn(model: DictConfig) -> Callable[[], tf.keras.Model]:
     return lambda: char_rnn.build_model(model.embedding_dim, model.rnn_units, model.gru.value, random_init=False)
 
 
-def build_learning_process(
-    cfg: DictConfig, model_fn: process.ModelFn
-) -> tff.learning.templates.LearningProcess:
+def build_learning_process(cfg: DictConfig, model_fn: process.ModelFn) -> tff.learning.templates.LearningProcess:
     """`algorithm=` over `client_weighting=`, `aggregator=`, `optimizer=` and `server_optimizer=`."""
     try:
         client_optimizer, server_optimizer = instantiate(cfg.optimizer), instantiate(cfg.server_optimizer)

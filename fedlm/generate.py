@@ -5,13 +5,13 @@
 Keras file (fedlm's or the TFF tutorial's published format) or the cached pretrained model. Temperature 0 is
 greedy decoding. Padding and OOV are never generated.
 """
+
 from __future__ import annotations
 
 import os
 import re
 import sys
 import tempfile
-from typing import Any
 
 import hydra
 from omegaconf import DictConfig
@@ -29,8 +29,10 @@ def validate(cfg: DictConfig) -> None:
     if cfg.pretrained:
         given["pretrained"] = True
     if len(given) > 1:
-        raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: give at most one of run_id=, "
-                          f"model_file=, pretrained=true (none = the latest run)")
+        raise ConfigError(
+            f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: give at most one of run_id=, "
+            f"model_file=, pretrained=true (none = the latest run)"
+        )
     check_model_file(cfg.model_file, "model_file", "or run_id= / pretrained=true")
 
 
@@ -42,9 +44,11 @@ def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
     from fedlm.tracking import store, tags
 
     uri = store.tracking_uri_or_default(cfg.mlflow.tracking_uri)
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///"):]):  # MLflow would create it
-        raise ConfigError(f"mlflow.tracking_uri={uri!r}: no such store (no file {uri[len('sqlite:///'):]}); "
-                          "give the store your runs were logged to (or model_file=, pretrained=true)")
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///") :]):  # MLflow would create it
+        raise ConfigError(
+            f"mlflow.tracking_uri={uri!r}: no such store (no file {uri[len('sqlite:///') :]}); "
+            "give the store your runs were logged to (or model_file=, pretrained=true)"
+        )
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     if cfg.run_id is not None:
@@ -53,13 +57,21 @@ def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
         except MlflowException as e:
             raise ConfigError(f"run_id={cfg.run_id!r}: no such run in {uri}") from e
         if tags.KERAS_MODEL not in run.data.tags:
-            raise ConfigError(f"run_id={cfg.run_id!r}: the run (status {run.info.status}) has no final model; "
-                              f"allowed: a run that finished (or model_file=, pretrained=true)")
+            raise ConfigError(
+                f"run_id={cfg.run_id!r}: the run (status {run.info.status}) has no final model; "
+                f"allowed: a run that finished (or model_file=, pretrained=true)"
+            )
     else:
         experiment = client.get_experiment_by_name(cfg.mlflow.experiment_name)
-        runs = [] if experiment is None else client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`{tags.KERAS_MODEL}` LIKE '%'",
-            order_by=["attributes.start_time DESC"], max_results=1,
+        runs = (
+            []
+            if experiment is None
+            else client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"tags.`{tags.KERAS_MODEL}` LIKE '%'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
         )
         if not runs:
             raise ConfigError(
@@ -117,8 +129,10 @@ def generate(cfg: DictConfig) -> list[str]:
     print(f"fedlm.generate: {source}; temperature {cfg.temperature}, seed {cfg.seed}", file=sys.stderr)
     generator = Generator(loaded.weights)
     rng = np.random.default_rng(cfg.seed)
-    return [cfg.prompt + generator.sample(cfg.prompt, cfg.length, float(cfg.temperature), rng)
-            for _ in range(cfg.num_samples)]
+    return [
+        cfg.prompt + generator.sample(cfg.prompt, cfg.length, float(cfg.temperature), rng)
+        for _ in range(cfg.num_samples)
+    ]
 
 
 def quote_free_text(argv: list[str], key: str = "prompt") -> list[str]:
@@ -143,7 +157,7 @@ def _main(cfg: DictConfig) -> None:
         texts = generate(cfg)
     except ConfigError as e:
         print(f"fedlm.generate: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}/{len(texts)}")

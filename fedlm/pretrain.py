@@ -1,5 +1,6 @@
 """`python -m fedlm.pretrain [pretrain.corpus=path.txt] [model=...]`: build (or reuse) the cached pretrained model
 and print its path."""
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,7 @@ def _main(cfg: DictConfig) -> None:
         print(pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir))
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
 
 
 def main() -> None:

@@ -31,7 +31,8 @@ def run(cfg: DictConfig) -> float:
     startup.lap("data")
 
     # MLflow: the results need somewhere to go, and a resumed run must exist, before anything costly.
-    from fedlm.tracking import resume as resume_lib, store
+    from fedlm.tracking import resume as resume_lib
+    from fedlm.tracking import store
 
     store.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
     resume = resume_lib.find_run_to_resume(cfg) if cfg.resume is not False else None
@@ -68,8 +69,9 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
         print(f"fedlm: {note}", flush=True)
     model_bytes = sum(w.nbytes for w in init.weights)
     need = preflight.run_dir_bytes_needed(model_bytes, cfg.checkpoint_keep)
-    preflight.check_free_space(run_dir.path, need, "run directory",
-                               f"checkpoint_keep={cfg.checkpoint_keep} checkpoints and the final model")
+    preflight.check_free_space(
+        run_dir.path, need, "run directory", f"checkpoint_keep={cfg.checkpoint_keep} checkpoints and the final model"
+    )
     # Seeded from here on whether or not pretraining just ran in this process (it seeds and draws too): client
     # shuffles then depend on `seed` alone, so reruns reproduce a run's metrics.
     tf.keras.utils.set_random_seed(cfg.seed)
@@ -81,13 +83,20 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=loop.check_finite_state
         )
         logged = release.logged_steps(resume.run_id) if resume else {}
-        writer = ledger.StoreWriter(run_dir.checkpoints / ledger.FILE_NAME, mlflow.get_tracking_uri(),
-                                    cfg.mlflow.store_retry_seconds)
+        writer = ledger.StoreWriter(
+            run_dir.checkpoints / ledger.FILE_NAME, mlflow.get_tracking_uri(), cfg.mlflow.store_retry_seconds
+        )
         metrics = release.MlflowReleaseManager(already_logged=logged, writer=writer)
         samples = release.SampleReleaseManager(
-            lambda: exp.learning_process.get_model_weights(exp.process.state), cfg.sample_prompts,
-            cfg.sample_temperatures, cfg.sample_length, cfg.seed, cfg.sample_every, cfg.rounds,
-            done_rounds=release.sampled_rounds(resume.run_id) if resume else (), writer=writer,
+            lambda: exp.learning_process.get_model_weights(exp.process.state),
+            cfg.sample_prompts,
+            cfg.sample_temperatures,
+            cfg.sample_length,
+            cfg.seed,
+            cfg.sample_every,
+            cfg.rounds,
+            done_rounds=release.sampled_rounds(resume.run_id) if resume else (),
+            writer=writer,
         )
         managers = [metrics, release.ProgressReleaseManager(cfg.rounds), samples, loop.DivergenceCheck()]
         choices = dict(hydra_cfg.runtime.choices)
@@ -96,21 +105,33 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             mlflow.log_dict({r: exp.sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
             # the data's constants: the run's datasets (train, eval) and tags, not metrics
             datasets.log_inputs(source, exp.evaluation.client_ids, exp.evaluation.num_sequences())
-            mlflow.set_tags({tags.MODEL_INIT: init_path} | ({tags.MODEL_INIT_NOTES: "; ".join(init.notes)}
-                                                            if init.notes else {}))
+            mlflow.set_tags(
+                {tags.MODEL_INIT: init_path} | ({tags.MODEL_INIT_NOTES: "; ".join(init.notes)} if init.notes else {})
+            )
             if source.oov_characters is not None:
                 mlflow.set_tag(tags.DATA_OOV_DISTINCT, source.oov_characters)
             startup.lap("MLflow run")
             print(startup.summary("startup"), flush=True)
             try:
-                state = loop.train(exp.process, exp.select_clients, cfg.rounds, exp.evaluation.evaluate,
-                                   exp.evaluation.data, cfg.eval_every, managers, checkpoints)
+                state = loop.train(
+                    exp.process,
+                    exp.select_clients,
+                    cfg.rounds,
+                    exp.evaluation.evaluate,
+                    exp.evaluation.data,
+                    cfg.eval_every,
+                    managers,
+                    checkpoints,
+                )
                 writer.flush()  # every round's metrics in the store before the run is finished
                 # Hand the trained (not the initial) weights back to Keras; save, log and plot.
                 final_model = artifacts.portable_copy(exp.learning_process.get_model_weights(state))
-                path = writer.call(lambda: artifacts.log_final_model(  # with the last round's metrics linked
-                    final_model, str(run_dir.path), cfg.mlflow.registered_model_name, step=cfg.rounds
-                ), "the final model")
+                path = writer.call(
+                    lambda: artifacts.log_final_model(  # with the last round's metrics linked
+                        final_model, str(run_dir.path), cfg.mlflow.registered_model_name, step=cfg.rounds
+                    ),
+                    "the final model",
+                )
             except BaseException as e:
                 runs.end_early(checkpoints, e, run_id, run_dir, overrides, writer)
                 raise
@@ -120,8 +141,11 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
             writer.finish("FINISHED", wait=True)
     final = metrics.latest
-    print(f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
-          f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}", flush=True)
+    print(
+        f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
+        f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}",
+        flush=True,
+    )
     return float(final["eval_loss"])
 
 
@@ -131,12 +155,12 @@ def _main(cfg: DictConfig) -> float:
         return run(cfg)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     except RunFailed as e:
         print(f"fedlm: error: {e}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra records this job as failed and goes on with the sweep's other jobs
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """Small helpers with no fedlm concept of their own: nested-mapping flattening, atomic file writes, content
 digests for cache keys, and running one coroutine to completion from synchronous code."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,9 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Awaitable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Awaitable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 

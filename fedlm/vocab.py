@@ -1,4 +1,5 @@
 """The tutorial's fixed character vocabulary, plus explicit padding and OOV ids."""
+
 from __future__ import annotations
 
 import math

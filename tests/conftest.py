@@ -1,7 +1,9 @@
 """Shared fixtures: an isolated cache and MLflow store per test session, one tiny real run for the session,
 fedlm subprocesses, and a session-wide check that no process the tests started is left behind."""
+
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -17,9 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = str(ROOT / "conf")
 
 TINY = [
-    "model=tiny", "rounds=2", "clients_per_round=2", "eval_every=1", "eval_clients=3",
-    "max_batches_per_client=2", "pretrain.steps=4", "pretrain.log_every=2", "pretrain.batch_size=4",
-    "seq_length=20", "pretrain.seq_length=20", "sample_length=40",
+    "model=tiny",
+    "rounds=2",
+    "clients_per_round=2",
+    "eval_every=1",
+    "eval_clients=3",
+    "max_batches_per_client=2",
+    "pretrain.steps=4",
+    "pretrain.log_every=2",
+    "pretrain.batch_size=4",
+    "seq_length=20",
+    "pretrain.seq_length=20",
+    "sample_length=40",
 ]
 TINY_RUN_EXPERIMENT = "e2e"
 
@@ -48,14 +59,15 @@ def no_process_left_behind():
     runtime.install_parent_death_signal()  # in-process TFF work: its worker dies with pytest, however it ends
     yield
     leftover = [p for sid in _sessions for p in session_processes(sid)]
-    stray = [p for p in psutil.Process().children(recursive=True)
-             if _alive_in_session(p, None) and p.name() != "worker_binary"]
+    stray = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if _alive_in_session(p, None) and p.name() != "worker_binary"
+    ]
     described = [_describe(p) for p in leftover + stray]
     for p in leftover:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
     _drop_tff_default_context()
     runtime.kill_children()
     assert not described, f"processes left behind by the tests: {described}"
@@ -83,8 +95,9 @@ def keras_eval_data(cfg):
     from fedlm.data import client_data, preprocessing, shakespeare
     from fedlm.fl import evaluation
 
-    text = shakespeare.build_federated_text(shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction,
-                                            cfg.seed)
+    text = shakespeare.build_federated_text(
+        shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed
+    )
     test = client_data.to_client_data(text.test)
     ids = evaluation.pick_eval_clients(test.client_ids, cfg.eval_clients, cfg.seed)
     return preprocessing.clients_eval_dataset(test, ids, cfg.seq_length, cfg.eval_batch_size)
@@ -93,15 +106,31 @@ def keras_eval_data(cfg):
 UV_RUN = ["uv", "run", "--frozen", "--no-sync", "python"]  # the README's `uv run python`, without touching the env
 
 
-def start_fedlm(args: list[str], tmp_path: Path, run_dir: str = "run", module: str = "fedlm.run",
-                python: list[str] | None = None, cwd: Path = ROOT) -> subprocess.Popen:
+def start_fedlm(
+    args: list[str],
+    tmp_path: Path,
+    run_dir: str = "run",
+    module: str = "fedlm.run",
+    python: list[str] | None = None,
+    cwd: Path = ROOT,
+) -> subprocess.Popen:
     """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started).
     `python`: the command that runs Python, e.g. `UV_RUN`. No terminal on stdin, as under a scheduler (uv forwards
     SIGINT only then)."""
     proc = subprocess.Popen(
-        [*(python or [sys.executable]), "-m", module, *args, f"hydra.run.dir={tmp_path / run_dir}",
-         f"hydra.sweep.dir={tmp_path}/sweep"],
-        cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            *(python or [sys.executable]),
+            "-m",
+            module,
+            *args,
+            f"hydra.run.dir={tmp_path / run_dir}",
+            f"hydra.sweep.dir={tmp_path}/sweep",
+        ],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     _sessions.add(proc.pid)
@@ -118,8 +147,14 @@ def read_until(proc: subprocess.Popen, pattern: str) -> str:
     raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)[-3000:]}")
 
 
-def run_fedlm(args: list[str], tmp_path: Path, timeout: float = 600, module: str = "fedlm.run",
-              run_dir: str = "run", cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def run_fedlm(
+    args: list[str],
+    tmp_path: Path,
+    timeout: float = 600,
+    module: str = "fedlm.run",
+    run_dir: str = "run",
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess:
     """Run `python -m <module>` in its own session, then assert nothing of that session is left running."""
     proc = start_fedlm(args, tmp_path, run_dir, module, cwd=cwd)
     out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open

@@ -27,12 +27,29 @@ COMMANDS = dict(LAYERS)["commands"]
 # Imported by Hydra for every run, or before bad input is refused: each must load without the 8 s TensorFlow
 # import or the 5 s MLflow import (the heavy work is imported inside functions, in the order of its cost).
 LIGHT = [
-    "fedlm", "fedlm.console", "fedlm.errors", "fedlm.utils", "fedlm.vocab",
-    "fedlm.conf", "fedlm.conf.schema", "fedlm.conf.checks", "fedlm.conf.preflight", "fedlm.conf.runlog",
-    "fedlm.data", "fedlm.data.shakespeare", "fedlm.data.sources",
-    "fedlm.model", "fedlm.fl", "fedlm.fl.runtime",
-    "fedlm.tracking", "fedlm.tracking.tags", "fedlm.tracking.sweep", "fedlm.tracking.names",
-    "fedlm.run", "fedlm.pretrain", "fedlm.generate",
+    "fedlm",
+    "fedlm.console",
+    "fedlm.errors",
+    "fedlm.utils",
+    "fedlm.vocab",
+    "fedlm.conf",
+    "fedlm.conf.schema",
+    "fedlm.conf.checks",
+    "fedlm.conf.preflight",
+    "fedlm.conf.runlog",
+    "fedlm.data",
+    "fedlm.data.shakespeare",
+    "fedlm.data.sources",
+    "fedlm.model",
+    "fedlm.fl",
+    "fedlm.fl.runtime",
+    "fedlm.tracking",
+    "fedlm.tracking.tags",
+    "fedlm.tracking.sweep",
+    "fedlm.tracking.names",
+    "fedlm.run",
+    "fedlm.pretrain",
+    "fedlm.generate",
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")
 
@@ -60,8 +77,12 @@ def fedlm_imports(module: str) -> set[str]:
 
 def layer_of(module: str) -> int:
     """The layer of the longest matching prefix (the package `fedlm` itself matches only itself)."""
-    matches = [(len(p), index) for index, (_, prefixes) in enumerate(LAYERS) for p in prefixes
-               if module == p or (p != "fedlm" and module.startswith(p + "."))]
+    matches = [
+        (len(p), index)
+        for index, (_, prefixes) in enumerate(LAYERS)
+        for p in prefixes
+        if module == p or (p != "fedlm" and module.startswith(p + "."))
+    ]
     assert matches, f"{module} is in no layer of tests/test_architecture.py: place it in one"
     return max(matches)[1]
 
@@ -79,8 +100,9 @@ def test_imports_point_only_downward():
     for module, imported in GRAPH.items():
         for target in imported:
             if layer_of(target) > layer_of(module):
-                upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
-                              f"({LAYERS[layer_of(target)][0]})")
+                upward.append(
+                    f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+                )
             elif module in COMMANDS and target in COMMANDS:
                 upward.append(f"command {module} imports command {target}: share code through a layer below")
     assert not upward, "\n".join(sorted(upward))
@@ -94,7 +116,7 @@ def test_no_import_cycles():
         state[module] = "open"
         for target in sorted(GRAPH[module]):
             if state.get(target) == "open":
-                cycles.append(" -> ".join(path[path.index(target):] + [target]))
+                cycles.append(" -> ".join(path[path.index(target) :] + [target]))
             elif target not in state:
                 visit(target, [*path, target])
         state[module] = "done"
@@ -113,10 +135,16 @@ def test_the_checks_see_what_they_check():
 
 def test_light_modules_import_no_tensorflow_tff_or_mlflow():
     """Each light module in a fresh interpreter of its own (all at once: each is a second of start-up)."""
-    script = ("import importlib, sys; importlib.import_module(sys.argv[1]); "
-              f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))")
-    procs = {m: subprocess.Popen([sys.executable, "-c", script, m], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for m in LIGHT}
+    script = (
+        "import importlib, sys; importlib.import_module(sys.argv[1]); "
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    procs = {
+        m: subprocess.Popen(
+            [sys.executable, "-c", script, m], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for m in LIGHT
+    }
     heavy = {}
     for module, proc in procs.items():
         out, err = proc.communicate(timeout=120)

@@ -1,4 +1,5 @@
 """The stderr line filter (C++ libraries' writes included) and the console tee."""
+
 from __future__ import annotations
 
 import io
@@ -49,4 +50,3 @@ def test_closing_the_tee_stops_teeing_and_leaves_the_stream_open():
     tee.close()  # as absl's handler does to a stream that is no longer sys.stderr
     tee.write("after\n")
     assert not stream.closed and stream.getvalue() == "after\n" and lines == []
-

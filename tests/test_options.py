@@ -105,9 +105,15 @@ def test_algorithm_options_build_a_learning_process_that_trains(option, tiny):
     from fedlm.fl import weighting
 
     _, _, model_fn, data = tiny
-    process = build("algorithm", option, tiny, weighting=weighting.num_examples(model_fn=model_fn),
-                    client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
-                    server_optimizer=tff.learning.optimizers.build_sgdm(1.0), aggregator=None)
+    process = build(
+        "algorithm",
+        option,
+        tiny,
+        weighting=weighting.num_examples(model_fn=model_fn),
+        client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
+        server_optimizer=tff.learning.optimizers.build_sgdm(1.0),
+        aggregator=None,
+    )
     assert isinstance(process, tff.learning.templates.LearningProcess)
     batches = [tf.data.Dataset.from_tensor_slices((np.ones((2, 5), np.int32), np.ones((2, 5), np.int32))).batch(2)]
     assert process.next(process.initialize(), batches).metrics["client_work"]["train"]["num_examples"] == 2
@@ -122,7 +128,8 @@ def test_eval_options_build_an_evaluation(option, tiny):
     _, keras_model_fn, model_fn, data = tiny
     process = tff.learning.algorithms.build_fed_eval(model_fn)  # any process holding server weights
     clients = evaluation.EvalClients(data, ["A_X", "B_Y"], 5, 4)
-    built = build("eval", option, tiny, process=process, model_fn=model_fn, keras_model_fn=keras_model_fn,
-                  clients=clients)
+    built = build(
+        "eval", option, tiny, process=process, model_fn=model_fn, keras_model_fn=keras_model_fn, clients=clients
+    )
     metrics = built.evaluate(process.initialize(), built.data)
     assert metrics["num_tokens"] > 0 and built.num_sequences() > 0

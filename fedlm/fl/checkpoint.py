@@ -15,6 +15,7 @@ generator seeded with (seed, r)) and client shuffling (round r's datasets are sh
 and r, under the global seed `seed`) are functions of (seed, round): the rounds after the last checkpoint are
 recomputed exactly, without saved RNG state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ import fcntl
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -44,11 +46,13 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
     `run_training_process` hands it the state after every round (`rounds_per_saving_program_state=1`), after the
     round's metrics were released (and passed the divergence check); `check_state` may refuse the state itself.
     Rounds that are not written stay in memory until the next one, so a run stopped by Ctrl-C, SIGTERM or an error
-    can still write its last completed round (`save_pending`). Writes are atomic (TFF writes a temporary directory, then renames it).
+    can still write its last completed round (`save_pending`). Writes are atomic (TFF writes a temporary directory,
+    then renames it).
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int, keep: int,
-                 check_state: Callable[[Any, int], None] | None = None):
+    def __init__(
+        self, directory: str | os.PathLike, every: int, keep: int, check_state: Callable[[Any, int], None] | None = None
+    ):
         self.directory = str(directory)
         self._check_state = check_state  # raises for a state that must not be kept (e.g. NaN weights)
         self._files = tff.program.FileProgramStateManager(self.directory, keep_total=keep, keep_first=False)
@@ -82,8 +86,10 @@ class RoundCheckpoints(tff.program.ProgramStateManager):
                 errors.append(str(e))
                 print(f"fedlm: {e}; trying the checkpoint before it", flush=True)
         if errors:
-            raise CheckpointError(f"no checkpoint in {self.directory} can be read (rounds {sorted(versions)}); "
-                                  "start the run again without resume")
+            raise CheckpointError(
+                f"no checkpoint in {self.directory} can be read (rounds {sorted(versions)}); "
+                "start the run again without resume"
+            )
         return None, 0
 
     async def save(self, program_state: Any, version: int) -> None:
@@ -140,8 +146,9 @@ class RunDirectory:
         try:
             return flatten(OmegaConf.to_container(OmegaConf.load(path), resolve=True), sep=".")
         except Exception as e:  # missing, truncated or not YAML: OSError, yaml's and OmegaConf's errors
-            raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be "
-                              "resumed") from e
+            raise ConfigError(
+                f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be resumed"
+            ) from e
 
     def run_id(self) -> str | None:
         """The MLflow run this directory's checkpoints belong to (None before it started); ConfigError if unreadable."""
@@ -151,8 +158,9 @@ class RunDirectory:
         try:
             run_id = json.loads(path.read_text())["run_id"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ConfigError(f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be "
-                              "resumed") from e
+            raise ConfigError(
+                f"{path}: unreadable ({type(e).__name__}: {e}); this run directory cannot be resumed"
+            ) from e
         return str(run_id)
 
     @contextlib.contextmanager
@@ -167,7 +175,9 @@ class RunDirectory:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                raise ConfigError(f"{self.path} is being trained by another fedlm process (pid {f.read().strip()})")
+                raise ConfigError(
+                    f"{self.path} is being trained by another fedlm process (pid {f.read().strip()})"
+                ) from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))
@@ -193,5 +203,3 @@ def check_fresh(directory: RunDirectory) -> None:
             f"{directory.run_id()}: continue it with resume={directory.path}, "
             "or choose another hydra.run.dir"
         )
-
-

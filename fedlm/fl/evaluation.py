@@ -3,10 +3,12 @@ tutorial's) or with TFF's federated evaluation; the same fixed, seeded eval clie
 
 Each builder takes, at run time, the learning process, the model builders and the `EvalClients`; it returns an
 `Evaluation`: a function of the server state and the data it evaluates on (what TFF's training loop calls)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -46,8 +48,13 @@ def pick_eval_clients(client_ids: Sequence[str], num_clients: int, seed: int) ->
     return [ids[i] for i in sorted(picked)]
 
 
-def keras(*, process: tff.learning.templates.LearningProcess, model_fn: ModelFn,
-          keras_model_fn: Callable[[], tf.keras.Model], clients: EvalClients) -> Evaluation:
+def keras(
+    *,
+    process: tff.learning.templates.LearningProcess,
+    model_fn: ModelFn,
+    keras_model_fn: Callable[[], tf.keras.Model],
+    clients: EvalClients,
+) -> Evaluation:
     """The server weights pushed into a compiled Keras model, evaluated on all eval clients' test sequences
     concatenated (the tutorial's `keras_evaluate`)."""
     keras_model = compile_for_eval(keras_model_fn())
@@ -60,14 +67,21 @@ def keras(*, process: tff.learning.templates.LearningProcess, model_fn: ModelFn,
     return Evaluation(evaluate, dataset, [dataset], clients.client_ids)
 
 
-def federated(*, process: tff.learning.templates.LearningProcess, model_fn: ModelFn,
-              keras_model_fn: Callable[[], tf.keras.Model], clients: EvalClients) -> Evaluation:
+def federated(
+    *,
+    process: tff.learning.templates.LearningProcess,
+    model_fn: ModelFn,
+    keras_model_fn: Callable[[], tf.keras.Model],
+    clients: EvalClients,
+) -> Evaluation:
     """`tff.learning.algorithms.build_fed_eval`: each eval client evaluates the server model on its own test split;
     the metrics are TFF's sums over the clients."""
     fed_eval = tff.learning.algorithms.build_fed_eval(model_fn)
     initial = fed_eval.initialize()
-    datasets = [clients_eval_dataset(clients.test_data, [cid], clients.seq_length, clients.batch_size)
-                for cid in clients.client_ids]
+    datasets = [
+        clients_eval_dataset(clients.test_data, [cid], clients.seq_length, clients.batch_size)
+        for cid in clients.client_ids
+    ]
 
     def evaluate(state: Any, client_datasets: list[tf.data.Dataset]) -> dict[str, float]:
         eval_state = fed_eval.set_model_weights(initial, process.get_model_weights(state))

@@ -1,9 +1,11 @@
 """The federated training loop: TFF's `run_training_process` with client sampling, evaluation and release managers."""
+
 from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow as tf
@@ -100,8 +102,9 @@ class DivergenceCheck(tff.program.ReleaseManager):
                 if nats > LARGEST_EXP_ARGUMENT:
                     raise Diverged(int(key), f"{METRIC_NAMES[name]} is {nats:.6g}, its perplexity inf")
         if "client_work/train/num_batches" in flat and int(flat["client_work/train/num_batches"]) == 0:
-            raise Diverged(int(key), "every sampled client's update was NaN/Inf "
-                                     "(TFF left them all out: train_batches 0)")
+            raise Diverged(
+                int(key), "every sampled client's update was NaN/Inf (TFF left them all out: train_batches 0)"
+            )
 
 
 def check_finite_state(state: Any, round_num: int) -> None:

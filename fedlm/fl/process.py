@@ -1,10 +1,12 @@
 """The pieces every learning process shares: TFF's `model_fn` over the Keras char-RNN, the client loop, and starting
 the process from given weights. The options that make a process are their own modules: client weighting
 (weighting.py), aggregators (aggregators.py), algorithms (algorithms.py)."""
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -20,7 +22,9 @@ def build_model_fn(keras_model_fn: Callable[[], tf.keras.Model], seq_length: int
 
     def model_fn() -> tff.learning.models.VariableModel:
         return tff.learning.models.from_keras_model(
-            keras_model_fn(), loss=MaskedCrossEntropy(), input_spec=spec,
+            keras_model_fn(),
+            loss=MaskedCrossEntropy(),
+            input_spec=spec,
             metrics=[MaskedAccuracy(), NumTokens(), *text_metrics(), NumClients()],
         )
 

@@ -6,6 +6,7 @@ terminate every child process it started (found through our process tree, not by
 When fedlm dies without running any Python (SIGKILL, OOM killer), the kernel stops the worker for us: see
 `install_parent_death_signal`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -20,7 +21,8 @@ import subprocess
 import time
 import types
 import weakref
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import psutil
 
@@ -179,7 +181,9 @@ def _on_signal(signum: int, frame: types.FrameType | None) -> None:
     if stop.signum is None:
         stop.signum, stop.at = signum, now
         if stop.phase == "finishing":
-            _say(f"fedlm: got {name} after the last round: finishing its evaluation and saving the model, then stopping")
+            _say(
+                f"fedlm: got {name} after the last round: finishing its evaluation and saving the model, then stopping"
+            )
         elif stop.phase == "rounds":
             _say(f"fedlm: got {name}, stopping after this round (again to stop now)")
         return
@@ -190,8 +194,10 @@ def _on_signal(signum: int, frame: types.FrameType | None) -> None:
     if stop.phase == "finishing":
         if not stop.told_again:
             stop.told_again = True
-            _say(f"fedlm: got {name} again: the last round is trained, finishing its evaluation and saving the model "
-                 "first (SIGKILL stops at once)")
+            _say(
+                f"fedlm: got {name} again: the last round is trained, finishing its evaluation and saving the model "
+                "first (SIGKILL stops at once)"
+            )
         return
     if stop.shielded:
         stop.deferred = signum
@@ -233,8 +239,8 @@ def last_level_cache_bytes(sysfs_cache_dir: str = "/sys/devices/system/cpu/cpu0/
     sizes = {}
     for index in glob.glob(os.path.join(sysfs_cache_dir, "index*")):
         try:
-            level = int(open(os.path.join(index, "level")).read())
-            size = open(os.path.join(index, "size")).read().strip()
+            level = int(Path(index, "level").read_text())
+            size = Path(index, "size").read_text().strip()
         except (OSError, ValueError):
             continue
         units = {"K": 2**10, "M": 2**20, "G": 2**30}

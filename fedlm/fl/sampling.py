@@ -3,11 +3,12 @@ round): reruns and resumed runs draw the same clients, and no sampler state need
 
 Each builder takes the option's keys and, at run time, the `Population` to draw from; it returns a
 round -> client ids function."""
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow_federated as tff

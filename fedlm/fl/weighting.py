@@ -2,6 +2,7 @@
 
 Each builder takes the run's `model_fn` and returns the `model_fn` the process trains with and TFF's weighting
 (None: unweighted, every client the same)."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -77,5 +78,3 @@ class TokenWeightedModel(tff.learning.models.VariableModel):
 
     def reset_metrics(self) -> None:
         self._model.reset_metrics()
-
-

@@ -1,11 +1,12 @@
 """The tutorial's char-RNN (Embedding -> GRU -> Dense logits): building it, its sizes, saving it as stock Keras."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 import tensorflow as tf
 
@@ -53,6 +54,7 @@ def to_stock_keras(model: tf.keras.Model) -> tf.keras.Model:
 
     Saved files then load with plain Keras (no fedlm import needed), exactly like the tutorial's models.
     """
+
     def clone(layer: tf.keras.layers.Layer) -> tf.keras.layers.Layer:
         cls = tf.keras.layers.GRU if isinstance(layer, FastGRU) else layer.__class__
         return cls.from_config(layer.get_config())

@@ -1,5 +1,6 @@
 """Text generation: the tutorial's `generate_text` on a batch-1 stateful copy of a trained char-RNN.
 Temperature 0 is greedy decoding; padding and OOV are never generated."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -53,8 +54,9 @@ class Generator:
         return vocab.decode(out)
 
 
-def generate_text(trained, prompt: str = TUTORIAL_PROMPT, length: int = 200, temperature: float = 1.0,
-                  seed: int = 0) -> str:
+def generate_text(
+    trained, prompt: str = TUTORIAL_PROMPT, length: int = 200, temperature: float = 1.0, seed: int = 0
+) -> str:
     """The tutorial's `generate_text(model, start_string)`: prompt + `length` sampled characters."""
     check_prompt(prompt)
     return prompt + Generator(trained.get_weights()).sample(prompt, length, temperature, np.random.default_rng(seed))

@@ -6,6 +6,7 @@ all timesteps; the backward loop (backwards in time) carries only dh, the gradie
 because every gate pre-activation gradient is dh times a factor known from the forward pass; and dW, dU, db
 and dx are then single large matmuls. No XLA: `jit_compile` is several times slower for this model on CPU.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf
@@ -86,7 +87,10 @@ class FastGRU(tf.keras.layers.GRU):
         self._fast_config = (
             cell.activation is tf.keras.activations.tanh
             and cell.recurrent_activation is tf.keras.activations.sigmoid
-            and cell.use_bias and cell.reset_after and not cell.dropout and not cell.recurrent_dropout
+            and cell.use_bias
+            and cell.reset_after
+            and not cell.dropout
+            and not cell.recurrent_dropout
             and not (self.stateful or self.go_backwards or self.time_major or self.unroll)
         )
 
@@ -100,8 +104,13 @@ class FastGRU(tf.keras.layers.GRU):
             self.build(tuple(config["input_shape"]))
 
     def call(self, inputs, mask=None, training=None, initial_state=None):
-        if (not self._fast_config or mask is not None or initial_state is not None
-                or not isinstance(inputs, tf.Tensor) or inputs.dtype != self.cell.kernel.dtype):
+        if (
+            not self._fast_config
+            or mask is not None
+            or initial_state is not None
+            or not isinstance(inputs, tf.Tensor)
+            or inputs.dtype != self.cell.kernel.dtype
+        ):
             return super().call(inputs, mask=mask, training=training, initial_state=initial_state)
         weights = [tf.convert_to_tensor(w) for w in (self.cell.kernel, self.cell.recurrent_kernel, self.cell.bias)]
         outputs = _gru_sequence(inputs, *weights)  # tensors, not variables: the tape links them to the variables

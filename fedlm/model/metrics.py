@@ -6,16 +6,16 @@ They are Keras metrics so that the same objects serve `keras_model.evaluate` and
 variables over the clients of a round before `result()`, so a ratio of sums (cross-entropy, OOV rate) is exact
 over all clients' characters, and a count (clients, characters) is the round's total.
 """
+
 from __future__ import annotations
 
 import math
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 import tensorflow as tf
 
 from fedlm.vocab import OOV_ID, PAD_ID, VOCAB_SIZE
-
 
 
 def _target_mask(y_true: tf.Tensor) -> tf.Tensor:
@@ -69,7 +69,6 @@ class MaskedAccuracy(tf.keras.metrics.SparseCategoricalAccuracy):
 def compile_for_eval(model: tf.keras.Model) -> tf.keras.Model:
     model.compile(loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy(), NumTokens(), *text_metrics()])
     return model
-
 
 
 class _RatioMetric(tf.keras.metrics.Metric):

@@ -1,10 +1,12 @@
 """Central pretraining on public text: the starting model that federated training fine-tunes, cached by what it
 depends on (the model, the pretraining settings, the corpus, the seed)."""
+
 from __future__ import annotations
 
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -31,8 +33,11 @@ class _Progress(tf.keras.callbacks.Callback):
         step = batch + 1
         if step % self.every == 0 or step == self.total:
             rate = step / (time.monotonic() - self.t0)
-            print(f"pretrain step {step}/{self.total}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
-                  f"{rate:.1f} steps/s  ETA {(self.total - step) / rate:.0f}s", flush=True)
+            print(
+                f"pretrain step {step}/{self.total}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
+                f"{rate:.1f} steps/s  ETA {(self.total - step) / rate:.0f}s",
+                flush=True,
+            )
 
 
 def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
@@ -51,13 +56,13 @@ def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
     need = pretrain.seq_length + 1
     if len(text) < need:
         what = "empty" if not text else f"only {len(text)} characters"
-        raise ConfigError(f"{source}: the pretraining corpus is {what}; it needs at least "
-                          f"pretrain.seq_length + 1 = {need} characters")
+        raise ConfigError(
+            f"{source}: the pretraining corpus is {what}; it needs at least pretrain.seq_length + 1 = {need} characters"
+        )
     return text
 
 
-def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
-               cache_dir: str) -> str:
+def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str) -> str:
     """Where the pretrained model for this model + pretraining + corpus + seed is cached."""
     key: dict[str, Any] = {
         "model": {k: model[k] for k in ("embedding_dim", "rnn_units")},
@@ -78,16 +83,33 @@ def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequen
     ids = vocab.encode(text)
     n = pretrain.seq_length + 1
     seqs = ids[: len(ids) // n * n].reshape(-1, n)
-    print(f"pretraining {model.name} on {len(ids):,} characters ({int(np.sum(ids == vocab.OOV_ID))} OOV, "
-          f"excluded from the loss: {vocab.unknown_chars(text)}) for {pretrain.steps} steps of "
-          f"{pretrain.batch_size}x{pretrain.seq_length}", flush=True)
-    ds = (tf.data.Dataset.from_tensor_slices(seqs).shuffle(len(seqs), seed=seed).repeat()
-          .batch(pretrain.batch_size).map(lambda s: (s[:, :-1], s[:, 1:])).prefetch(2))
+    print(
+        f"pretraining {model.name} on {len(ids):,} characters ({int(np.sum(ids == vocab.OOV_ID))} OOV, "
+        f"excluded from the loss: {vocab.unknown_chars(text)}) for {pretrain.steps} steps of "
+        f"{pretrain.batch_size}x{pretrain.seq_length}",
+        flush=True,
+    )
+    ds = (
+        tf.data.Dataset.from_tensor_slices(seqs)
+        .shuffle(len(seqs), seed=seed)
+        .repeat()
+        .batch(pretrain.batch_size)
+        .map(lambda s: (s[:, :-1], s[:, 1:]))
+        .prefetch(2)
+    )
     keras_model = char_rnn.build_model(model.embedding_dim, model.rnn_units, model.gru.value)
-    keras_model.compile(optimizer=tf.keras.optimizers.Adam(pretrain.learning_rate),
-                        loss=MaskedCrossEntropy(), metrics=[MaskedAccuracy()])
-    keras_model.fit(ds, steps_per_epoch=pretrain.steps, epochs=1, verbose=0,
-                    callbacks=[_Progress(pretrain.steps, pretrain.log_every)])
+    keras_model.compile(
+        optimizer=tf.keras.optimizers.Adam(pretrain.learning_rate),
+        loss=MaskedCrossEntropy(),
+        metrics=[MaskedAccuracy()],
+    )
+    keras_model.fit(
+        ds,
+        steps_per_epoch=pretrain.steps,
+        epochs=1,
+        verbose=0,
+        callbacks=[_Progress(pretrain.steps, pretrain.log_every)],
+    )
     return keras_model
 
 
@@ -106,8 +128,9 @@ def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
     return weights
 
 
-def load_pretrained(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
-                    cache_dir: str) -> tuple[str, InitialWeights]:
+def load_pretrained(
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
+) -> tuple[str, InitialWeights]:
     """The starting model, read and checked once: `model.init` if given, else the cached pretrained model,
     pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError)."""
     if model.init is not None:
@@ -129,9 +152,11 @@ def load_pretrained(model: DictConfig, pretrain: DictConfig, proxy_genres: Seque
         if damage is None:
             raise
         why = e.__cause__.strerror if isinstance(e.__cause__, OSError) and e.__cause__.strerror else "read-only"
-        raise ConfigError(f"{key}={os.path.dirname(path)!r}: the cached pretrained model {path} is damaged ({damage}) "
-                          f"and cannot be replaced there ({why}); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable "
-                          "directory, where it is pretrained again") from e
+        raise ConfigError(
+            f"{key}={os.path.dirname(path)!r}: the cached pretrained model {path} is damaged ({damage}) "
+            f"and cannot be replaced there ({why}); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable "
+            "directory, where it is pretrained again"
+        ) from e
     if damage is not None:
         print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
     t0 = time.monotonic()
@@ -142,8 +167,9 @@ def load_pretrained(model: DictConfig, pretrain: DictConfig, proxy_genres: Seque
     return path, InitialWeights(keras_model.get_weights(), model.embedding_dim, model.rnn_units)
 
 
-def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int,
-                          cache_dir: str) -> str:
+def pretrained_model_path(
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
+) -> str:
     """`model.init` if given, else the cached pretrained model, pretraining it first if missing or damaged."""
     if model.init is not None:
         return model.init

@@ -13,6 +13,7 @@ tutorial's order, which are fedlm's ids 0-85. fedlm adds PAD (86) and OOV (87), 
 
 Every way a file can fail to fit gets a `ConfigError` naming the key, the file and what fits.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,11 @@ class InitialWeights:
 
 def _what_fits(embedding_dim: int | None, rnn_units: int | None) -> str:
     dims = f"E={embedding_dim}, H={rnn_units}" if embedding_dim else "any E, H"
-    return (f"a Keras model file (HDF5, SavedModel or .keras) of Embedding(V, E) -> GRU(H, return_sequences) -> "
-            f"Dense(V) with {dims}, input (batch, time) of character ids, and V = {VOCAB_SIZE} (fedlm's "
-            f"vocabulary) or V = {TUTORIAL_VOCAB_SIZE} (the TFF tutorial's published models)")
+    return (
+        f"a Keras model file (HDF5, SavedModel or .keras) of Embedding(V, E) -> GRU(H, return_sequences) -> "
+        f"Dense(V) with {dims}, input (batch, time) of character ids, and V = {VOCAB_SIZE} (fedlm's "
+        f"vocabulary) or V = {TUTORIAL_VOCAB_SIZE} (the TFF tutorial's published models)"
+    )
 
 
 def saved_with_optimizer(path: str) -> bool:
@@ -64,8 +67,9 @@ def saved_with_optimizer(path: str) -> bool:
         return "optimizer_weights" in f or "training_config" in f.attrs
 
 
-def load_keras_file(path: str, key: str = "model.init",
-                    embedding_dim: int | None = None, rnn_units: int | None = None) -> InitialWeights:
+def load_keras_file(
+    path: str, key: str = "model.init", embedding_dim: int | None = None, rnn_units: int | None = None
+) -> InitialWeights:
     """Read a Keras file's char-RNN weights into fedlm's layout, checking it fits (dims, if given, must match)."""
     fits = _what_fits(embedding_dim, rnn_units)
     if not os.path.exists(path):
@@ -89,16 +93,25 @@ def load_keras_file(path: str, key: str = "model.init",
         raise ConfigError(f"{key}={path!r}: input shape {input_shape}; fits: (batch, time) of character ids")
     shapes = [tuple(w.shape) for w in loaded.get_weights()]
     layout_ok = (
-        len(shapes) == 6 and len(shapes[0]) == 2 and len(shapes[1]) == 2 and len(shapes[2]) == 2
-        and shapes[1][0] == shapes[0][1] and shapes[2][1] == 3 * shapes[2][0] and shapes[1][1] == shapes[2][1]
-        and shapes[3] == (2, shapes[2][1]) and shapes[4] == (shapes[2][0], shapes[0][0]) and shapes[5] == (shapes[0][0],)
+        len(shapes) == 6
+        and len(shapes[0]) == 2
+        and len(shapes[1]) == 2
+        and len(shapes[2]) == 2
+        and shapes[1][0] == shapes[0][1]
+        and shapes[2][1] == 3 * shapes[2][0]
+        and shapes[1][1] == shapes[2][1]
+        and shapes[3] == (2, shapes[2][1])
+        and shapes[4] == (shapes[2][0], shapes[0][0])
+        and shapes[5] == (shapes[0][0],)
     )
     if not layout_ok:
         raise ConfigError(f"{key}={path!r}: weight shapes {shapes} are not the char-RNN; allowed: {fits}")
     vocab, emb, units = shapes[0][0], shapes[0][1], shapes[2][0]
     if vocab not in (VOCAB_SIZE, TUTORIAL_VOCAB_SIZE):
-        raise ConfigError(f"{key}={path!r}: vocabulary size {vocab}; fits: {VOCAB_SIZE} (fedlm: the tutorial's "
-                          f"{TUTORIAL_VOCAB_SIZE} characters + PAD + OOV) or {TUTORIAL_VOCAB_SIZE} (the tutorial's)")
+        raise ConfigError(
+            f"{key}={path!r}: vocabulary size {vocab}; fits: {VOCAB_SIZE} (fedlm: the tutorial's "
+            f"{TUTORIAL_VOCAB_SIZE} characters + PAD + OOV) or {TUTORIAL_VOCAB_SIZE} (the tutorial's)"
+        )
     if (embedding_dim, rnn_units) != (None, None) and (emb, units) != (embedding_dim, rnn_units):
         raise ConfigError(
             f"{key}={path!r}: Embedding dim {emb}, GRU units {units}, but the configured model has "
@@ -108,8 +121,10 @@ def load_keras_file(path: str, key: str = "model.init",
     weights = loaded.get_weights()
     if vocab == TUTORIAL_VOCAB_SIZE:
         weights = extend_tutorial_weights(weights)
-        notes.append(f"{key}={path!r} has the tutorial's {TUTORIAL_VOCAB_SIZE}-character vocabulary: extended "
-                     f"with PAD (embedding 0, logit {UNUSED_LOGIT:g}) and OOV (mean embedding, logit {UNUSED_LOGIT:g})")
+        notes.append(
+            f"{key}={path!r} has the tutorial's {TUTORIAL_VOCAB_SIZE}-character vocabulary: extended "
+            f"with PAD (embedding 0, logit {UNUSED_LOGIT:g}) and OOV (mean embedding, logit {UNUSED_LOGIT:g})"
+        )
     return InitialWeights(weights, emb, units, notes)
 
 

@@ -4,11 +4,12 @@
 (HDF5) and loads it back with `mlflow.tensorflow.load_model(f"runs:/{run_id}/{LOGGED_MODEL_NAME}")` as a Keras
 model (or `mlflow.pyfunc.load_model(...).predict(ids)` for logits).
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Mapping
+from collections.abc import Mapping
 
 import mlflow
 import numpy as np
@@ -45,7 +46,7 @@ def portable_copy(weights) -> tf.keras.Model:
 def model_description(run_name: str, run_id: str, model_id: str, step: int, metrics: Mapping[str, float]) -> str:
     """A logged model's description (Markdown): whose model, what it reached, its signature, how to load it."""
     reached = ", ".join(f"`{k}` {metrics[k]:.4f}" for k in (names.EVAL_LOSS, names.EVAL_ACCURACY) if k in metrics)
-    return f"""**{run_name}**: the server model after round {step} ({reached or 'not evaluated'}).
+    return f"""**{run_name}**: the server model after round {step} ({reached or "not evaluated"}).
 
 Signature: `ids`, int32 `(batch, time)` character ids (`fedlm.vocab`: the TFF tutorial's {PAD_ID} characters, \
 {PAD_ID} padding, {OOV_ID} out of vocabulary) → `logits`, float32 `(batch, time, {VOCAB_SIZE})`.
@@ -59,8 +60,9 @@ logits = model(ids)  # a Keras model; mlflow.pyfunc.load_model(...).predict(ids)
 Text from it: `python -m fedlm.generate run_id={run_id}`."""
 
 
-def log_final_model(model: tf.keras.Model, out_dir: str, registered_model_name: str | None = None,
-                    step: int = 0) -> str:
+def log_final_model(
+    model: tf.keras.Model, out_dir: str, registered_model_name: str | None = None, step: int = 0
+) -> str:
     """Save the Keras file (no optimizer, as the tutorial's models) and log it and the MLflow model, at `step` (the
     last round): MLflow links the run's metrics of that step to the model, which its model page and the experiment's
     Models tab show. Tagged and described with the run's name. The Keras file's path."""
@@ -71,15 +73,20 @@ def log_final_model(model: tf.keras.Model, out_dir: str, registered_model_name: 
     run_name = mlflow.get_run(run.info.run_id).info.run_name
     with char_rnn.quiet_save_notices():
         info = mlflow.tensorflow.log_model(
-            model, name=LOGGED_MODEL_NAME, signature=SIGNATURE, registered_model_name=registered_model_name,
+            model,
+            name=LOGGED_MODEL_NAME,
+            signature=SIGNATURE,
+            registered_model_name=registered_model_name,
             # Given, not inferred: inference re-imports the model in a subprocess (~25 s here) to list packages.
             pip_requirements=[f"tensorflow=={tf.__version__}"],
             # HDF5 like the Keras file: 0.1 s instead of ~5 s for a SavedModel export (which traces the model).
             keras_model_kwargs={"save_format": "h5"},
-            step=step, tags={tags.RUN_NAME: run_name, tags.ROUND: str(step)},
+            step=step,
+            tags={tags.RUN_NAME: run_name, tags.ROUND: str(step)},
         )
     client = mlflow.MlflowClient()
     linked = {m.key: m.value for m in client.get_logged_model(info.model_id).metrics or []}
-    client.set_logged_model_tags(info.model_id, {
-        tags.DESCRIPTION: model_description(run_name, run.info.run_id, info.model_id, step, linked)})
+    client.set_logged_model_tags(
+        info.model_id, {tags.DESCRIPTION: model_description(run_name, run.info.run_id, info.model_id, step, linked)}
+    )
     return path

@@ -2,9 +2,11 @@
 Datasets): the training partition ("train") and the eval clients' test splits ("eval"), each a table of clients with
 a digest of its text, the source it comes from, and the constants of the data as its profile -- not as metrics,
 which are what changes per round. The same constants are tags (`fedlm.data_clients`, …) to filter runs by."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -20,8 +22,7 @@ class ClientsDataset(PandasDataset):
     """One row per client; its profile is the partition's constants and settings, which MLflow's UI shows with it
     (a plain PandasDataset's profile is only its row and cell counts)."""
 
-    def __init__(self, df: pd.DataFrame, source: HTTPDatasetSource, name: str, digest: str,
-                 profile: Mapping[str, Any]):
+    def __init__(self, df: pd.DataFrame, source: HTTPDatasetSource, name: str, digest: str, profile: Mapping[str, Any]):
         self._profile = dict(profile)
         super().__init__(df=df, source=source, name=name, digest=digest)
 
@@ -40,14 +41,24 @@ def build(source: Any, eval_client_ids: Sequence[str], eval_sequences: int) -> d
     settings, stats = source.settings(), source.stats()
     url = HTTPDatasetSource(source.url)
     data_stats = {k.removeprefix("data_"): v for k, v in stats.items()}
-    train = ClientsDataset(pd.DataFrame(source.clients("train")), url, f"{source.name}-train",
-                           source.digest("train"), data_stats | settings)  # the UI cuts the profile short
+    train = ClientsDataset(
+        pd.DataFrame(source.clients("train")),
+        url,
+        f"{source.name}-train",
+        source.digest("train"),
+        data_stats | settings,
+    )  # the UI cuts the profile short
     test_clients = source.clients("test", eval_client_ids)
     evaluated = {"clients": len(eval_client_ids), "sequences": eval_sequences}
     if "characters" in test_clients:
         evaluated["characters"] = sum(test_clients["characters"])
-    eval_ = ClientsDataset(pd.DataFrame(test_clients), url, f"{source.name}-eval",
-                           source.digest("test", eval_client_ids), evaluated | settings)
+    eval_ = ClientsDataset(
+        pd.DataFrame(test_clients),
+        url,
+        f"{source.name}-eval",
+        source.digest("test", eval_client_ids),
+        evaluated | settings,
+    )
     return {"train": train, "eval": eval_}
 
 

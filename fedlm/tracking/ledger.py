@@ -13,6 +13,7 @@ is back, at the end of the run, or by the run that resumes this one. One JSON ob
 `time` is the release's wall clock in ms (the metrics' MLflow timestamp, also when replayed); non-finite values are
 written as Python's json writes them (NaN, Infinity). A last line cut short by a crash is ignored.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -175,8 +176,14 @@ class StoreWriter:
     it ends.
     """
 
-    def __init__(self, ledger_path: str | os.PathLike, uri: str, patience: float,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        ledger_path: str | os.PathLike,
+        uri: str,
+        patience: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         self.ledger = MetricsLedger(ledger_path)
         self.uri, self.patience = uri, float(patience)
         self.run_id: str | None = None
@@ -215,8 +222,10 @@ class StoreWriter:
         try:
             self.ledger.append(step, new)
         except OSError as e:  # the run directory's disk: the checkpoint would fail next anyway
-            raise RunFailed(f"cannot keep round {step}'s metrics in {self.ledger.path} ({e.strerror or e}) before "
-                            f"logging them to the MLflow store {self.uri}") from e
+            raise RunFailed(
+                f"cannot keep round {step}'s metrics in {self.ledger.path} ({e.strerror or e}) before "
+                f"logging them to the MLflow store {self.uri}"
+            ) from e
         if self._down_since is None or self._clock() >= self._next_try:
             self._send_pending()
 
@@ -252,6 +261,7 @@ class StoreWriter:
         """End the run with `status`; whether the store took it. `wait`: the ledger first, retried up to the patience
         (then StoreUnavailable). Otherwise one try of each, no more (the run is stopping): the ledger unless the store
         is known to be down past its patience, then the status, which also ends MLflow's active run either way."""
+
         def terminate() -> None:
             active = mlflow.active_run()
             if active is not None and active.info.run_id == self.run_id:
@@ -282,8 +292,11 @@ class StoreWriter:
             self._failed(reason, give_up, what, started)
             return False
         if self._down_since is not None:
-            print(f"fedlm: MLflow store {self.uri} available again after "
-                  f"{self._clock() - self._down_since:.0f} s", file=sys.stderr, flush=True)
+            print(
+                f"fedlm: MLflow store {self.uri} available again after {self._clock() - self._down_since:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         self._down_since, self._delay = None, 1.0
         return True
 
@@ -292,8 +305,12 @@ class StoreWriter:
         self.reason = reason
         if self._down_since is None:
             self._down_since = started
-            print(f"fedlm: MLflow store {self.uri} unavailable ({reason}); retrying for up to {self.patience:.0f} s, "
-                  f"round metrics kept in {self.ledger.path} until it has them", file=sys.stderr, flush=True)
+            print(
+                f"fedlm: MLflow store {self.uri} unavailable ({reason}); retrying for up to {self.patience:.0f} s, "
+                f"round metrics kept in {self.ledger.path} until it has them",
+                file=sys.stderr,
+                flush=True,
+            )
         if give_up and self._exhausted():
             raise StoreUnavailable(self._gave_up(what))
         # The last try falls on the deadline itself: the patience is neither cut short nor overrun by a backoff.
@@ -316,11 +333,16 @@ class StoreWriter:
 
     def _gave_up(self, what: str | None) -> str:
         pending = self.ledger.pending()
-        kept = (f"the metrics of rounds {step_spans(e.step for e in pending)} it lacks are kept in {self.ledger.path}"
-                if pending else f"it has every round's metrics (kept in {self.ledger.path} too)")
+        kept = (
+            f"the metrics of rounds {step_spans(e.step for e in pending)} it lacks are kept in {self.ledger.path}"
+            if pending
+            else f"it has every round's metrics (kept in {self.ledger.path} too)"
+        )
         could_not = f"; {what} could not be logged" if what else ""
-        return (f"MLflow store {self.uri} unavailable for {self._clock() - self._down_since:.0f} s "
-                f"({self.reason}){could_not}; {kept}")
+        return (
+            f"MLflow store {self.uri} unavailable for {self._clock() - self._down_since:.0f} s "
+            f"({self.reason}){could_not}; {kept}"
+        )
 
     def pending_note(self) -> str:
         """'the metrics of rounds 2-4 kept in <file>' or '' : what a resumed run logs first."""

@@ -4,11 +4,13 @@ override values as typed minus Hydra's escaping, and the Markdown descriptions o
 
 Light (Hydra's override parser, no MLflow): the sweep callback names the parent run in Hydra's launching process.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 from fedlm.conf.schema import is_machine_key
 
@@ -84,11 +86,15 @@ def child_name(overrides: Sequence[str], swept_keys: Collection[str], groups: Co
 def run_summary(choices: Mapping[str, Any], clients_per_round: int, overrides: Sequence[str]) -> str:
     """A single run's name: algorithm, client → server optimizer, clients per round (`fedavg sgd→sgd 10c`), after
     the experiment file if any (`tutorial: …`), then the other options chosen on the command line (`… dp`)."""
-    summary = f"{choices.get('algorithm')} {choices.get('optimizer')}→{choices.get('server_optimizer')} " \
-              f"{clients_per_round}c"
+    summary = (
+        f"{choices.get('algorithm')} {choices.get('optimizer')}→{choices.get('server_optimizer')} {clients_per_round}c"
+    )
     shown = {"algorithm", "optimizer", "server_optimizer", "experiment"}
-    extra = [show(o.value) for o in parse_overrides(overrides)
-             if o.key in choices and o.key not in shown and not is_machine_key(o.key) and o.value is not None]
+    extra = [
+        show(o.value)
+        for o in parse_overrides(overrides)
+        if o.key in choices and o.key not in shown and not is_machine_key(o.key) and o.value is not None
+    ]
     experiment = choices.get("experiment")
     return f"{experiment}: " * bool(experiment) + " ".join([summary, *extra])
 
@@ -121,18 +127,26 @@ def runs_table(rows: Sequence[tuple[str, Mapping[str, float]]], keys: Sequence[s
 def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
     """What the run does, in a sentence: the options chosen and the keys that matter most."""
     batches = "all" if cfg.max_batches_per_client is None else f"at most {cfg.max_batches_per_client}"
-    return (f"{cfg.rounds} rounds of `{choices.get('algorithm')}`, {cfg.clients_per_round} clients a round "
-            f"(`{choices.get('sampling')}` sampling, `{choices.get('client_weighting')}` weighting, "
-            f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
-            f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
-            f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
-            f"`{choices.get('model')}` from its pretrained start; data `{choices.get('data')}`, seed {cfg.seed}; "
-            f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds.")
+    return (
+        f"{cfg.rounds} rounds of `{choices.get('algorithm')}`, {cfg.clients_per_round} clients a round "
+        f"(`{choices.get('sampling')}` sampling, `{choices.get('client_weighting')}` weighting, "
+        f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
+        f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
+        f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
+        f"`{choices.get('model')}` from its pretrained start; data `{choices.get('data')}`, seed {cfg.seed}; "
+        f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds."
+    )
 
 
-def run_description(name: str, setup: str, overrides: Sequence[str], start: Mapping[str, float] | None = None,
-                    end: Mapping[str, float] | None = None, end_round: int | None = None,
-                    model_uri: str | None = None) -> str:
+def run_description(
+    name: str,
+    setup: str,
+    overrides: Sequence[str],
+    start: Mapping[str, float] | None = None,
+    end: Mapping[str, float] | None = None,
+    end_round: int | None = None,
+    model_uri: str | None = None,
+) -> str:
     """A run's description (Markdown): its name and setup, its overrides (but machine-local ones: tags), then, once
     it has finished, its eval figures at the start and the end, and how to load its model."""
     shown = " ".join(f"{o.key}={o.text}" for o in parse_overrides(overrides) if not is_machine_key(o.key))
@@ -141,5 +155,5 @@ def run_description(name: str, setup: str, overrides: Sequence[str], start: Mapp
         keys = [EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY]
         text += "\n\n" + figures_table({"round 0 (start)": start, f"round {end_round} (end)": end}, keys)
     if model_uri is not None:
-        text += f"\n\nModel (Keras, ids → logits): `mlflow.tensorflow.load_model(\"{model_uri}\")`"
+        text += f'\n\nModel (Keras, ids → logits): `mlflow.tensorflow.load_model("{model_uri}")`'
     return text

@@ -3,6 +3,7 @@
 Built on `matplotlib.figure.Figure` directly (no pyplot): no display, no global state, safe in sweeps.
 Free of TensorFlow: the sweep callback (fedlm/tracking/sweep.py) runs in Hydra's launching process.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,8 +45,11 @@ def run_figure(run_id: str, client: mlflow.MlflowClient | None = None) -> Figure
     acc_ax.set_ylabel("next-character accuracy")
     # The baseline as text, not a line: a line at 0.012 would flatten curves that live around 0.5.
     acc_ax.set_title(f"random guess: {RANDOM_GUESS['random_guess_accuracy']:.3f}", fontsize="small")
-    loss_ax.set_title(f"random guess: {math.log(RANDOM_GUESS['random_guess_perplexity']):.2f} "
-                      f"(perplexity {RANDOM_GUESS['random_guess_perplexity']:.0f})", fontsize="small")
+    loss_ax.set_title(
+        f"random guess: {math.log(RANDOM_GUESS['random_guess_perplexity']):.2f} "
+        f"(perplexity {RANDOM_GUESS['random_guess_perplexity']:.0f})",
+        fontsize="small",
+    )
     fig.suptitle(_title(f"{run.info.run_name}  ({run_id[:8]})", fig), fontsize="medium")
     return fig
 
@@ -61,13 +65,15 @@ def _title(text: str, fig: Figure) -> str:
     return "\n".join(textwrap.wrap(text, int(fig.get_figwidth() * 11), max_lines=3, placeholder=" …"))
 
 
-def sweep_figure(parent_run_id: str, metric: str = names.EVAL_ACCURACY,
-                 client: mlflow.MlflowClient | None = None) -> Figure:
+def sweep_figure(
+    parent_run_id: str, metric: str = names.EVAL_ACCURACY, client: mlflow.MlflowClient | None = None
+) -> Figure:
     """One line per child run of a sweep parent: `metric` against round, labelled by the child's run name."""
     client = client or mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
         order_by=["attributes.start_time ASC"],
     )
     fig = Figure(figsize=(8, 5), layout="constrained")

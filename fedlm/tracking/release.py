@@ -2,10 +2,12 @@
 
 TFF's training loop hands every round's metrics to these (`tff.program.ReleaseManager`); step = round.
 """
+
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import tensorflow_federated as tff
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
 SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
 FINAL_SAMPLES_TABLE = "samples/final_samples.json"  # the last round's rows alone: one table to compare across runs
 
+
 class MlflowReleaseManager(tff.program.ReleaseManager):
     """Logs each released round's metrics (plus perplexity and bits/char) to the active MLflow run, step = round,
     under MLflow's names (`eval_loss` as `eval/loss`: names.metric).
@@ -31,8 +34,7 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
     kept in the run directory until the store has them, and a store briefly unavailable does not stop the run.
     """
 
-    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None,
-                 writer: StoreWriter | None = None):
+    def __init__(self, already_logged: Mapping[str, Collection[int]] | None = None, writer: StoreWriter | None = None):
         self.latest: dict[str, float] = {}
         self._skip = already_logged or {}
         self._writer = writer
@@ -52,8 +54,9 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
 def logged_steps(run_id: str) -> dict[str, set[int]]:
     """MLflow metric name -> the steps the run already has."""
     client = mlflow.MlflowClient()
-    return {key: {m.step for m in client.get_metric_history(run_id, key)}
-            for key in client.get_run(run_id).data.metrics}
+    return {
+        key: {m.step for m in client.get_metric_history(run_id, key)} for key in client.get_run(run_id).data.metrics
+    }
 
 
 class ProgressReleaseManager(tff.program.ReleaseManager):
@@ -70,8 +73,12 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
     async def release(self, value: Mapping[str, Any], key: int) -> None:
         flat = flatten(value)
         parts = [f"round {key:>{len(str(self._total))}}/{self._total}"]
-        for k, label in (("client_work/train/loss", "train_loss"), ("client_work/train/accuracy", "train_acc"),
-                         ("evaluation/loss", "eval_loss"), ("evaluation/accuracy", "eval_acc")):
+        for k, label in (
+            ("client_work/train/loss", "train_loss"),
+            ("client_work/train/accuracy", "train_acc"),
+            ("evaluation/loss", "eval_loss"),
+            ("evaluation/accuracy", "eval_acc"),
+        ):
             if k in flat:
                 parts.append(f"{label} {float(flat[k]):.4f}")
         if key == self._last_key:
@@ -91,9 +98,18 @@ class SampleReleaseManager(tff.program.ReleaseManager):
     its own, which MLflow's artifact evaluation view lines up across runs. The same seed every round, so the text
     changes only because the model does."""
 
-    def __init__(self, current_weights: Callable[[], Any], prompts: Sequence[str], temperatures: Sequence[float],
-                 length: int, seed: int, every: int, total_rounds: int,
-                 done_rounds: Collection[int] = (), writer: StoreWriter | None = None):
+    def __init__(
+        self,
+        current_weights: Callable[[], Any],
+        prompts: Sequence[str],
+        temperatures: Sequence[float],
+        length: int,
+        seed: int,
+        every: int,
+        total_rounds: int,
+        done_rounds: Collection[int] = (),
+        writer: StoreWriter | None = None,
+    ):
         self._weights, self._prompts, self._temperatures = current_weights, list(prompts), list(temperatures)
         self._length, self._seed, self._every, self._total = length, seed, every, total_rounds
         self._generator = None

@@ -1,11 +1,13 @@
 """Which run a `resume=` continues: found by directory, MLflow run id or (`resume=true`) the latest unfinished run of
 the experiment with the same config; checked before any work (fedlm/fl/checkpoint.py holds the checkpoints)."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -16,8 +18,17 @@ from fedlm.fl.checkpoint import RunDirectory
 from fedlm.tracking import tags
 
 # Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed).
-MUTABLE_KEYS = ("rounds", "resume", "checkpoint_every", "checkpoint_keep", "cache_dir", "data.download_dir",
-                "mlflow.tracking_uri", "mlflow.store_retry_seconds", "runtime.max_concurrent_clients")
+MUTABLE_KEYS = (
+    "rounds",
+    "resume",
+    "checkpoint_every",
+    "checkpoint_keep",
+    "cache_dir",
+    "data.download_dir",
+    "mlflow.tracking_uri",
+    "mlflow.store_retry_seconds",
+    "runtime.max_concurrent_clients",
+)
 # Keys only configs from before options became structured configs with a `_target_` (fedlm 9972261 and older) have.
 OLD_LAYOUT_KEYS = ("aggregator.name", "algorithm.name", "sampling.name", "data.name", "eval.mode")
 
@@ -38,8 +49,11 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
     """'key: saved -> current' for every key that differs, except MUTABLE_KEYS."""
     keys = sorted((set(saved) | set(current)) - set(MUTABLE_KEYS))
     missing = "<absent>"
-    return [f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}"
-            for k in keys if saved.get(k, missing) != current.get(k, missing)]
+    return [
+        f"{k}: {saved.get(k, missing)!r} -> {current.get(k, missing)!r}"
+        for k in keys
+        if saved.get(k, missing) != current.get(k, missing)
+    ]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,31 +85,40 @@ def find_run_to_resume(cfg: Any) -> Resume:
         try:
             run = client.get_run(run_id)
         except MlflowException as e:
-            raise ConfigError(f"resume={value!r}: its MLflow run {run_id} is not in {mlflow.get_tracking_uri()}; "
-                              "set mlflow.tracking_uri to the store the run was logged to") from e
+            raise ConfigError(
+                f"resume={value!r}: its MLflow run {run_id} is not in {mlflow.get_tracking_uri()}; "
+                "set mlflow.tracking_uri to the store the run was logged to"
+            ) from e
     elif re.fullmatch(r"[0-9a-f]{32}", value):
         try:
             run = client.get_run(value)
         except MlflowException as e:
             raise ConfigError(f"resume={value!r}: no such MLflow run in {mlflow.get_tracking_uri()}") from e
         if tags.RUN_DIR not in run.data.tags:
-            raise ConfigError(f"resume={value!r}: the run has no {tags.RUN_DIR} tag "
-                              "(not started by a fedlm that writes checkpoints)")
+            raise ConfigError(
+                f"resume={value!r}: the run has no {tags.RUN_DIR} tag (not started by a fedlm that writes checkpoints)"
+            )
         directory = RunDirectory(run.data.tags[tags.RUN_DIR])
     else:
-        raise ConfigError(f"resume={value!r}: neither an existing directory nor an MLflow run id (32 hex digits); "
-                          "allowed: true, false, a run directory, an MLflow run id")
+        raise ConfigError(
+            f"resume={value!r}: neither an existing directory nor an MLflow run id (32 hex digits); "
+            "allowed: true, false, a run directory, an MLflow run id"
+        )
     rounds = directory.rounds()
     if not rounds:
-        raise ConfigError(f"resume={value!r}: no checkpoint in {directory.checkpoints} (the run stopped before "
-                          "saving its start, or the directory was moved); start it again without resume")
+        raise ConfigError(
+            f"resume={value!r}: no checkpoint in {directory.checkpoints} (the run stopped before "
+            "saving its start, or the directory was moved); start it again without resume"
+        )
     if directory.in_use():
         raise ConfigError(f"resume={value!r}: {directory.path} is being trained by another fedlm process")
     saved = directory.config()
     check_same_layout(repr(value), directory, saved)
     if diff := config_differences(saved, current):
-        raise ConfigError(f"resume={value!r}: the config differs from the run's in {', '.join(diff)}; "
-                          f"only {', '.join(MUTABLE_KEYS)} may change when resuming")
+        raise ConfigError(
+            f"resume={value!r}: the config differs from the run's in {', '.join(diff)}; "
+            f"only {', '.join(MUTABLE_KEYS)} may change when resuming"
+        )
     _check_rounds(shown, rounds[-1], int(cfg.rounds), run.info.status == "FINISHED")
     return Resume(run.info.run_id, directory, rounds[-1])
 
@@ -103,9 +126,15 @@ def find_run_to_resume(cfg: Any) -> Resume:
 def _latest_matching_unfinished(experiment_name: str, current: Mapping[str, Any], total_rounds: int) -> Resume:
     where = f"experiment {experiment_name!r} of {mlflow.get_tracking_uri()}"
     experiment = mlflow.get_experiment_by_name(experiment_name)
-    runs = [] if experiment is None else mlflow.search_runs(
-        [experiment.experiment_id], filter_string="attributes.status != 'FINISHED'",
-        order_by=["attributes.start_time DESC"], output_format="list",
+    runs = (
+        []
+        if experiment is None
+        else mlflow.search_runs(
+            [experiment.experiment_id],
+            filter_string="attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
     )
     closest = None
     for run in runs:
@@ -128,15 +157,19 @@ def _latest_matching_unfinished(experiment_name: str, current: Mapping[str, Any]
     message = f"resume=true: no unfinished run with this config and a checkpoint in {where}"
     if closest:
         run_id, path, diff = closest
-        message += (f"; the latest unfinished one, {run_id} in {path}, differs in {', '.join(diff)} "
-                    f"(only {', '.join(MUTABLE_KEYS)} may change when resuming)")
+        message += (
+            f"; the latest unfinished one, {run_id} in {path}, differs in {', '.join(diff)} "
+            f"(only {', '.join(MUTABLE_KEYS)} may change when resuming)"
+        )
     raise ConfigError(message)
 
 
 def _check_rounds(value: str, saved: int, total: int, finished: bool) -> None:
     if saved > total:
-        raise ConfigError(f"resume={value}: the run's last checkpoint is round {saved}, beyond rounds={total}; "
-                          f"set rounds >= {saved}")
+        raise ConfigError(
+            f"resume={value}: the run's last checkpoint is round {saved}, beyond rounds={total}; set rounds >= {saved}"
+        )
     if finished and saved == total:
-        raise ConfigError(f"resume={value}: the run already finished its {total} rounds; "
-                          f"set rounds > {total} to train it further")
+        raise ConfigError(
+            f"resume={value}: the run already finished its {total} rounds; set rounds > {total} to train it further"
+        )

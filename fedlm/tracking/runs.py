@@ -1,11 +1,13 @@
 """A job's MLflow run: named and tagged by its overrides and, in a Hydra multirun, a child of the sweep's parent;
 opened new or resumed with its config logged; ended early with the last round kept."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import sys
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
@@ -31,8 +33,9 @@ def run_tags(overrides: list[str]) -> dict[str, str]:
     return run
 
 
-def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None, choices: Mapping[str, Any],
-              summary: str) -> mlflow.ActiveRun:
+def start_run(
+    experiment_name: str, overrides: list[str], sweep_dir: str | None, choices: Mapping[str, Any], summary: str
+) -> mlflow.ActiveRun:
     """Start this job's run, tagged by its overrides, with MLflow's system metrics (CPU, memory, every 10 s). Named
     `summary` (names.run_summary); in a Hydra multirun, a child of the sweep's parent run (fedlm/tracking/sweep.py)
     named by its values of the keys that vary across the sweep (names.child_name)."""
@@ -50,18 +53,30 @@ def start_run(experiment_name: str, overrides: list[str], sweep_dir: str | None,
 def eval_figures(run_id: str) -> tuple[int, dict[str, float], dict[str, float]] | None:
     """(last round, eval figures at round 0, at the last round) of a run, None before it has any."""
     client = mlflow.MlflowClient()
-    history = {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
-               for k in (names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY)}
+    history = {
+        k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+        for k in (names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY)
+    }
     if not history[names.EVAL_LOSS]:
         return None
     last = history[names.EVAL_LOSS][-1][0]
-    return (last, {k: dict(h)[min(dict(h))] for k, h in history.items() if h},
-            {k: dict(h)[last] for k, h in history.items() if h and last in dict(h)})
+    return (
+        last,
+        {k: dict(h)[min(dict(h))] for k, h in history.items() if h},
+        {k: dict(h)[last] for k, h in history.items() if h and last in dict(h)},
+    )
 
 
 @contextlib.contextmanager
-def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: RunDirectory, overrides: list[str],
-             sweep_dir: str | None, metrics_manager: Any) -> Iterator[str]:
+def open_run(
+    cfg: DictConfig,
+    choices: Mapping[str, Any],
+    resume: Any,
+    run_dir: RunDirectory,
+    overrides: list[str],
+    sweep_dir: str | None,
+    metrics_manager: Any,
+) -> Iterator[str]:
     """The job's MLflow run, with its config logged and its setup as its description: a new one (a sweep's child in
     a multirun) or, resuming, the interrupted one, whose logged params are kept and whose last metrics the final
     summary may need. Its id. Once the body is done, the description adds the eval figures at start and end."""
@@ -78,8 +93,11 @@ def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: 
         setup = names.setup_line(cfg, choices)
         mlflow.set_tags(store.machine_tags(flat))
         if resume:
-            print(f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
-                  f"(checkpoints in {run_dir.checkpoints})", flush=True)
+            print(
+                f"resuming MLflow run {run_id} in {mlflow.get_tracking_uri()} after round {resume.round} "
+                f"(checkpoints in {run_dir.checkpoints})",
+                flush=True,
+            )
             previous = active.data.tags.get(tags.RESUMED_AFTER_ROUNDS)
             mlflow.set_tag(tags.RESUMED_AFTER_ROUNDS, ",".join(filter(None, [previous, str(resume.round)])))
             logged = active.data.params  # a run killed before logging them gets them now; never changed
@@ -97,12 +115,20 @@ def open_run(cfg: DictConfig, choices: Mapping[str, Any], resume: Any, run_dir: 
         if figures := eval_figures(run_id):
             last, start, end = figures
             name = mlflow.get_run(run_id).info.run_name
-            mlflow.set_tag(tags.DESCRIPTION, names.run_description(
-                name, setup, overrides, start, end, last, f"runs:/{run_id}/{LOGGED_MODEL_NAME}"))
+            mlflow.set_tag(
+                tags.DESCRIPTION,
+                names.run_description(name, setup, overrides, start, end, last, f"runs:/{run_id}/{LOGGED_MODEL_NAME}"),
+            )
 
 
-def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, run_dir: RunDirectory,
-              overrides: list[str], writer: StoreWriter) -> None:
+def end_early(
+    checkpoints: RoundCheckpoints,
+    error: BaseException,
+    run_id: str,
+    run_dir: RunDirectory,
+    overrides: list[str],
+    writer: StoreWriter,
+) -> None:
     """The run stops early: write its last completed round (a diverged one never), mark the run, say how to go on.
     The status is reported as the store has it: a store that is unavailable keeps showing RUNNING."""
     through = error.round_num - 1 if isinstance(error, Diverged) else None
@@ -125,10 +151,17 @@ def end_early(checkpoints: RoundCheckpoints, error: BaseException, run_id: str, 
     if marked:
         print(f"fedlm: {why}MLflow run {run_id} marked {status}{unlogged}; {kept}", file=sys.stderr, flush=True)
     else:
-        print(f"fedlm: {why}could not mark MLflow run {run_id} {status}: its store {writer.uri} is unavailable "
-              f"({writer.reason}), so it shows RUNNING{unlogged}; {kept}", file=sys.stderr, flush=True)
+        print(
+            f"fedlm: {why}could not mark MLflow run {run_id} {status}: its store {writer.uri} is unavailable "
+            f"({writer.reason}), so it shows RUNNING{unlogged}; {kept}",
+            file=sys.stderr,
+            flush=True,
+        )
     if resumable:
         again = " ".join(o for o in overrides if not o.startswith("resume="))
         first = " (it logs those metrics first)" if unlogged else ""
-        print(f"fedlm: continue it with: python -m fedlm.run {again} resume={run_dir.path}{first}",
-              file=sys.stderr, flush=True)
+        print(
+            f"fedlm: continue it with: python -m fedlm.run {again} resume={run_dir.path}{first}",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -3,14 +3,16 @@ No TensorFlow here: `fedlm.run` checks the store before importing it.
 
 Importing this module makes MLflow open database stores through `_database_store` (see there): a sqlite store's
 default artifact root beside the .db file, and the host's logging left alone while MLflow migrates the schema."""
+
 from __future__ import annotations
 
 import contextlib
 import logging.config
 import os
 import subprocess
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -42,7 +44,7 @@ def git_commit() -> str:
 def _artifact_location(tracking_uri: str) -> str | None:
     """Artifacts of a sqlite store go beside the .db file (not ./mlruns of whatever directory we run in)."""
     if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///"):]).parent.resolve() / "mlartifacts").as_uri()
+        return (Path(tracking_uri[len("sqlite:///") :]).parent.resolve() / "mlartifacts").as_uri()
     return None  # a tracking server decides
 
 
@@ -108,10 +110,8 @@ def get_or_create_experiment(name: str):
     """The experiment `name`, created if missing; tagged with its kind and described, unless already described."""
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        try:
+        with contextlib.suppress(MlflowException):  # a parallel job created it first
             mlflow.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
-        except MlflowException:  # a parallel job created it first
-            pass
     experiment = mlflow.set_experiment(name)
     if tags.EXPERIMENT_KIND not in experiment.tags:  # a kind or description set in the UI is kept
         mlflow.set_experiment_tag(tags.EXPERIMENT_KIND, tags.CUSTOM_MODEL_DEVELOPMENT)
@@ -122,9 +122,12 @@ def get_or_create_experiment(name: str):
 
 def log_random_guess() -> None:
     """The random-guess reference, printed as the tutorial prints it (a constant: a tag, datasets.constants)."""
-    print(f"Expected accuracy for random guessing: {RANDOM_GUESS['random_guess_accuracy']:.3f} (perplexity "
-          f"{RANDOM_GUESS['random_guess_perplexity']:.0f}, {RANDOM_GUESS['random_guess_bits_per_char']:.2f} "
-          f"bits/char)", flush=True)
+    print(
+        f"Expected accuracy for random guessing: {RANDOM_GUESS['random_guess_accuracy']:.3f} (perplexity "
+        f"{RANDOM_GUESS['random_guess_perplexity']:.0f}, {RANDOM_GUESS['random_guess_bits_per_char']:.2f} "
+        f"bits/char)",
+        flush=True,
+    )
 
 
 def run_params(config_flat: Mapping[str, Any], choices: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,8 +136,11 @@ def run_params(config_flat: Mapping[str, Any], choices: Mapping[str, Any]) -> di
     how options are built (`_target_`, `_partial_`) nor machine-local keys (machine_tags), which `config.yaml`
     keeps."""
     params = {group: choice for group, choice in choices.items() if not schema.is_machine_key(group) and choice}
-    params |= {k: v for k, v in config_flat.items()
-               if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS and not schema.is_machine_key(k)}
+    params |= {
+        k: v
+        for k, v in config_flat.items()
+        if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS and not schema.is_machine_key(k)
+    }
     return params
 
 

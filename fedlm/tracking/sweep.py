@@ -5,18 +5,19 @@ starts: parallel jobs (`hydra/launcher=joblib`) then only look it up, so they ne
 the sqlite store exists before they write to it. Jobs find their parent by the sweep directory tag.
 Imported by Hydra for every run, single runs too: keep it free of TensorFlow.
 """
+
 from __future__ import annotations
 
 import atexit
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm.conf import schema
 from fedlm.tracking import names, tags
-
 
 
 def sweep_dir(hydra_cfg: DictConfig) -> str:
@@ -78,19 +79,26 @@ def parent_description(config: DictConfig, children: Sequence[Any] = ()) -> str:
     """The parent's description (Markdown): what was swept, how, and, once the children are done, their final eval
     figures, best (lowest final eval loss) first."""
     definition = sweep_definition(config)
-    text = (f"**{sweep_name(config)}**: a Hydra multirun, one child run per job, named by its swept values.\n\n"
-            f"Swept: `{' '.join(swept_overrides(config)) or 'nothing'}` (sweeper "
-            f"`{definition['sweeper'].get('_target_', '').rsplit('.', 1)[-1]}`, launcher "
-            f"`{definition['launcher'].get('_target_', '').rsplit('.', 1)[-1]}`; the whole definition: `sweep.yaml`). "
-            "The parent's params are what every child shares, and each swept key's sweep spec.")
-    finished = sorted((c for c in children if names.EVAL_LOSS in c.data.metrics),
-                      key=lambda c: c.data.metrics[names.EVAL_LOSS])
+    text = (
+        f"**{sweep_name(config)}**: a Hydra multirun, one child run per job, named by its swept values.\n\n"
+        f"Swept: `{' '.join(swept_overrides(config)) or 'nothing'}` (sweeper "
+        f"`{definition['sweeper'].get('_target_', '').rsplit('.', 1)[-1]}`, launcher "
+        f"`{definition['launcher'].get('_target_', '').rsplit('.', 1)[-1]}`; the whole definition: `sweep.yaml`). "
+        "The parent's params are what every child shares, and each swept key's sweep spec."
+    )
+    finished = sorted(
+        (c for c in children if names.EVAL_LOSS in c.data.metrics), key=lambda c: c.data.metrics[names.EVAL_LOSS]
+    )
     if finished:
         best = finished[0]
-        text += (f"\n\nBest: **{best.info.run_name}** (run `{best.info.run_id}`), final `{names.EVAL_LOSS}` "
-                 f"{best.data.metrics[names.EVAL_LOSS]:.4f}.\n\n")
-        text += names.runs_table([(c.info.run_name, c.data.metrics) for c in finished],
-                                 [names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY])
+        text += (
+            f"\n\nBest: **{best.info.run_name}** (run `{best.info.run_id}`), final `{names.EVAL_LOSS}` "
+            f"{best.data.metrics[names.EVAL_LOSS]:.4f}.\n\n"
+        )
+        text += names.runs_table(
+            [(c.info.run_name, c.data.metrics) for c in finished],
+            [names.EVAL_LOSS, names.EVAL_ACCURACY, names.EVAL_PERPLEXITY],
+        )
     return text
 
 
@@ -99,7 +107,8 @@ def find_parent_run(experiment_id: str, directory: str):
     import mlflow
 
     found = mlflow.search_runs(
-        [experiment_id], filter_string=f"tags.`{tags.SWEEP_DIR}` = '{directory}' and tags.`{tags.SWEEP_ROLE}` = 'parent'",
+        [experiment_id],
+        filter_string=f"tags.`{tags.SWEEP_DIR}` = '{directory}' and tags.`{tags.SWEEP_ROLE}` = 'parent'",
         output_format="list",
     )
     return found[0] if found else None
@@ -109,8 +118,12 @@ def children(experiment_id: str, parent_run_id: str) -> list:
     """The parent's child runs (`mlflow.entities.Run`), oldest first."""
     import mlflow
 
-    return mlflow.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
-                              order_by=["attributes.start_time ASC"], output_format="list")
+    return mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time ASC"],
+        output_format="list",
+    )
 
 
 class MlflowSweepCallback(Callback):

@@ -1,5 +1,6 @@
 """Every `fedlm.*` MLflow tag, in one place: what fedlm writes on runs, and what it searches for; and the MLflow
 tags fedlm sets for MLflow's UI."""
+
 from __future__ import annotations
 
 # MLflow's own: a run's, a logged model's or an experiment's description (Markdown), and the experiment's kind,

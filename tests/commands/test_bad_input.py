@@ -1,5 +1,6 @@
 """Bad input (data, training, MLflow, disk): each gets a clear message naming key/file, value and what is allowed,
 before work is lost. One test per row of the README's table (the rows owned here)."""
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,8 @@ from fedlm.data import shakespeare
 from fedlm.errors import ConfigError
 from tests.conftest import TINY, compose_config, run_fedlm
 
-
 # --- data ---------------------------------------------------------------------------------------------------
+
 
 def test_a_role_without_speech_is_no_client_and_is_reported():
     plays = [shakespeare.Play("A Play", "comedies", [("KENT", "I thought so."), ("KENT", "Yes."), ("GHOST", "")])]
@@ -38,8 +39,9 @@ def test_characters_outside_the_vocabulary_are_counted_never_remapped():
     assert ids[-1] == vocab.OOV_ID and vocab.decode(ids) == "Caf\ufffd"  # OOV, not another character
 
 
-@pytest.mark.parametrize("content, problem", [(b"", "is empty"), (b"To be", "only 5 characters"),
-                                              (b"\xff\xfe not utf-8", "not UTF-8")])
+@pytest.mark.parametrize(
+    "content, problem", [(b"", "is empty"), (b"To be", "only 5 characters"), (b"\xff\xfe not utf-8", "not UTF-8")]
+)
 def test_unusable_pretraining_corpus_is_refused_naming_the_file(tmp_path, content, problem):
     from fedlm.model import pretrain
 
@@ -52,14 +54,21 @@ def test_unusable_pretraining_corpus_is_refused_naming_the_file(tmp_path, conten
 
 # --- training -------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("metrics, what", [
-    ({"client_work": {"train": {"loss": np.float32("nan"), "num_batches": 4}}}, "train_loss is nan"),
-    ({"evaluation/loss": float("inf")}, "eval_loss is inf"),
-    ({"client_work": {"train": {"loss": 0.0, "num_batches": 0}}}, "every sampled client's update was NaN/Inf"),
-    # optimizer.learning_rate=1e6: a finite loss whose perplexity overflows
-    ({"client_work": {"train": {"loss": np.float32(636198.1), "num_batches": 4}}}, "train_loss is 636198, its perplexity inf"),
-    ({"evaluation/cross_entropy": 800.0}, "eval_cross_entropy is 800, its perplexity inf"),
-])
+
+@pytest.mark.parametrize(
+    "metrics, what",
+    [
+        ({"client_work": {"train": {"loss": np.float32("nan"), "num_batches": 4}}}, "train_loss is nan"),
+        ({"evaluation/loss": float("inf")}, "eval_loss is inf"),
+        ({"client_work": {"train": {"loss": 0.0, "num_batches": 0}}}, "every sampled client's update was NaN/Inf"),
+        # optimizer.learning_rate=1e6: a finite loss whose perplexity overflows
+        (
+            {"client_work": {"train": {"loss": np.float32(636198.1), "num_batches": 4}}},
+            "train_loss is 636198, its perplexity inf",
+        ),
+        ({"evaluation/cross_entropy": 800.0}, "eval_cross_entropy is 800, its perplexity inf"),
+    ],
+)
 def test_divergence_check_names_the_round(metrics, what):
     import asyncio
 
@@ -73,6 +82,7 @@ def test_divergence_check_names_the_round(metrics, what):
 
 
 # --- MLflow ---------------------------------------------------------------------------------------------------
+
 
 def test_unreachable_tracking_server_fails_fast_naming_the_uri():
     with socket.socket() as s:  # a port nobody listens on
@@ -89,6 +99,7 @@ def test_sqlite_store_in_an_unwritable_directory_is_refused():
 
 
 # --- disk -------------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.e2e
 def test_unwritable_hydra_run_dir_is_one_clear_line(tmp_path):
@@ -144,9 +155,12 @@ def test_damaged_pretrained_model_in_a_read_only_cache_is_refused_naming_it(tmp_
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # root writes anywhere: the probe says read-only
-    with pytest.raises(ConfigError, match=rf"cache_dir \(pretrained models\)='{model_file.parent}': the cached "
-                                          rf"pretrained model {model_file} is damaged \(.*\) and cannot be replaced "
-                                          r"there \(Read-only file system\); set cache_dir= "):
+    with pytest.raises(
+        ConfigError,
+        match=rf"cache_dir \(pretrained models\)='{model_file.parent}': the cached "
+        rf"pretrained model {model_file} is damaged \(.*\) and cannot be replaced "
+        r"there \(Read-only file system\); set cache_dir= ",
+    ):
         pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(tmp_path))
 
 
@@ -155,12 +169,16 @@ def test_generating_from_a_damaged_pretrained_model_names_it_and_the_remedy(tmp_
     from fedlm.model import pretrain
 
     cfg = compose_config(["pretrained=true", f"cache_dir={tmp_path}"], config_name="generate")
-    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.pretrained_seed,
-                                          str(tmp_path)))
+    model_file = Path(
+        pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.pretrained_seed, str(tmp_path))
+    )
     model_file.parent.mkdir(parents=True)
     model_file.write_bytes(b"\x89HDF\r\n")  # a copy cut short
-    with pytest.raises(ConfigError, match=rf"pretrained=true: the cached pretrained model {model_file} is damaged "
-                                          r"\(.*\); `python -m fedlm.pretrain model=small seed=0`"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"pretrained=true: the cached pretrained model {model_file} is damaged "
+        r"\(.*\); `python -m fedlm.pretrain model=small seed=0`",
+    ):
         generate.generate(cfg)
 
 
@@ -168,8 +186,11 @@ def test_full_disk_is_refused_before_training(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=2**20))
     need = preflight.run_dir_bytes_needed(model_bytes=2**20, checkpoint_keep=2)
-    with pytest.raises(ConfigError, match=r"run directory='.*': 1.0 MiB free on its disk, but this run needs about "
-                                          r"10.0 MiB \(2 checkpoints"):
+    with pytest.raises(
+        ConfigError,
+        match=r"run directory='.*': 1.0 MiB free on its disk, but this run needs about "
+        r"10.0 MiB \(2 checkpoints",
+    ):
         preflight.check_free_space(tmp_path, need, "run directory", "2 checkpoints and the final model")
 
 
@@ -225,9 +246,12 @@ def test_default_run_directories_of_the_same_second_differ():
 
 
 def test_a_database_store_without_its_driver_is_refused_naming_the_package():
-    with pytest.raises(ConfigError, match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='postgresql://fedlm:\*\*\*@"
-                                          r"db/runs': the database driver 'psycopg2' is not installed; .*"
-                                          r"uv add psycopg2-binary"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='postgresql://fedlm:\*\*\*@"
+        r"db/runs': the database driver 'psycopg2' is not installed; .*"
+        r"uv add psycopg2-binary",
+    ):
         preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")
 
 
@@ -239,7 +263,10 @@ def test_a_deleted_experiment_is_refused_before_any_work(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.delete_experiment(mlflow.create_experiment("gone"))
-    with pytest.raises(ConfigError, match=r"mlflow.experiment_name='gone': that experiment is deleted in .*"
-                                          r"mlflow experiments restore --experiment-id"):
+    with pytest.raises(
+        ConfigError,
+        match=r"mlflow.experiment_name='gone': that experiment is deleted in .*"
+        r"mlflow experiments restore --experiment-id",
+    ):
         store.connect(uri, "gone")
     assert store.connect(uri, "fresh") == uri

@@ -1,13 +1,13 @@
 """`python -m fedlm.bench` runs end to end (tiny sizes; figures are printed, never asserted) and both paths agree."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -15,9 +15,25 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.e2e
 def test_bench_runs_both_paths_with_the_same_results(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedlm.bench", "--models", "tiny", "--rounds", "2", "--warmup", "1",
-         "--memory-rounds", "3", "seq_length=20", "max_batches_per_client=2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fedlm.bench",
+            "--models",
+            "tiny",
+            "--rounds",
+            "2",
+            "--warmup",
+            "1",
+            "--memory-rounds",
+            "3",
+            "seq_length=20",
+            "max_batches_per_client=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fork_posix" not in proc.stderr  # gRPC's fork handlers, as the memory part starts its TFF worker

@@ -1,5 +1,6 @@
 """A first run (new sqlite store, new cache: data parsed, model pretrained, schema migrated) prints fedlm's lines and
 Hydra's, nothing else; Hydra's run log holds them; nothing lands in the working directory."""
+
 from __future__ import annotations
 
 import re
@@ -12,19 +13,22 @@ from tests.conftest import TINY, run_fedlm
 
 # Every line a normal tiny run may print: fedlm's, then Hydra's own records (its loggers only, in its two
 # formats). A library line (TF's C++ log, alembic, gRPC, a Python logger of TF's) matches none.
-ALLOWED = [re.compile(p) for p in (
-    r"pretraining tiny on [\d,]+ characters \(.*\) for \d+ steps of \d+x\d+",
-    r"pretrain step \d+/\d+  loss \d+\.\d+  acc \d\.\d+  [\d.]+ steps/s  ETA \d+s",
-    r"pretrained in \d+s, cached at \S+\.h5",
-    r"MLflow run [0-9a-f]{32} in sqlite:///\S+",
-    r"Expected accuracy for random guessing: .*",
-    r"startup [\d.]+s \(.*\)",
-    r"round +\d+/\d+  .*",
-    r"final eval_loss \d+\.\d+  eval_accuracy \d\.\d+  eval_perplexity [\d.]+; model at \S+",
-    r"(fedlm|data): .*",
-    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[HYDRA\] .*",  # hydra_logging's format (a multirun's jobs)
-    r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[hydra[\w.]*\]\[\w+\] - .*",  # job_logging's, Hydra's loggers
-)]
+ALLOWED = [
+    re.compile(p)
+    for p in (
+        r"pretraining tiny on [\d,]+ characters \(.*\) for \d+ steps of \d+x\d+",
+        r"pretrain step \d+/\d+  loss \d+\.\d+  acc \d\.\d+  [\d.]+ steps/s  ETA \d+s",
+        r"pretrained in \d+s, cached at \S+\.h5",
+        r"MLflow run [0-9a-f]{32} in sqlite:///\S+",
+        r"Expected accuracy for random guessing: .*",
+        r"startup [\d.]+s \(.*\)",
+        r"round +\d+/\d+  .*",
+        r"final eval_loss \d+\.\d+  eval_accuracy \d\.\d+  eval_perplexity [\d.]+; model at \S+",
+        r"(fedlm|data): .*",
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[HYDRA\] .*",  # hydra_logging's format (a multirun's jobs)
+        r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[hydra[\w.]*\]\[\w+\] - .*",  # job_logging's, Hydra's loggers
+    )
+]
 # Hydra's job_logging format, as fedlm's run log writes the console's lines.
 LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[([\w.]+)\]\[\w+\] - (.*)")
 
@@ -35,8 +39,11 @@ def first_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path, Path
     tmp = tmp_path_factory.mktemp("first")
     cwd = tmp / "cwd"
     cwd.mkdir()
-    result = run_fedlm([*TINY, f"mlflow.tracking_uri=sqlite:///{tmp / 'store' / 'mlflow.db'}",
-                        f"cache_dir={tmp / 'cache'}"], tmp, cwd=cwd)
+    result = run_fedlm(
+        [*TINY, f"mlflow.tracking_uri=sqlite:///{tmp / 'store' / 'mlflow.db'}", f"cache_dir={tmp / 'cache'}"],
+        tmp,
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     return result, tmp / "run", cwd
 

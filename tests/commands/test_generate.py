@@ -1,4 +1,5 @@
 """`python -m fedlm.generate` and the Generator behind it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,21 +36,30 @@ def test_sampling_is_seeded_and_temperature_sharpens():
     assert cold == greedy  # temperature -> 0 approaches greedy decoding
 
 
-@pytest.mark.parametrize("override, message", [
-    ("temperature=-1", r"temperature=-1.0: must be >= 0"),
-    ("seed=-2", r"seed=-2: must be >= 0"),
-    ("length=0", r"length=0: must be >= 1"),
-    ("num_samples=0", r"num_samples=0: must be >= 1"),
-    ("prompt='café'", r"prompt='café': characters outside the vocabulary: \['é'\]"),
-    ("prompt=''", r"prompt='': must be a non-empty string"),
-    ("model_file=/no/such/model.h5", r"model_file='/no/such/model.h5': no such file"),
-    ("mlflow.tracking_uri=sqlite:////no/such/mlflow.db", r"mlflow.tracking_uri='sqlite:////no/such/mlflow.db': no such "
-                                                         r"store \(no file /no/such/mlflow.db\)"),
-    ("run_id=abc", r"run_id='abc': no such run in sqlite:///"),
-    ("mlflow.experiment_name=nothing_yet", r"run_id=null \(the latest run\): no finished run with a model in "
-                                            r"experiment mlflow.experiment_name='nothing_yet'"),
-    ("pretrained=true", r"pretrained=true: no pretrained model cached for model=small"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("temperature=-1", r"temperature=-1.0: must be >= 0"),
+        ("seed=-2", r"seed=-2: must be >= 0"),
+        ("length=0", r"length=0: must be >= 1"),
+        ("num_samples=0", r"num_samples=0: must be >= 1"),
+        ("prompt='café'", r"prompt='café': characters outside the vocabulary: \['é'\]"),
+        ("prompt=''", r"prompt='': must be a non-empty string"),
+        ("model_file=/no/such/model.h5", r"model_file='/no/such/model.h5': no such file"),
+        (
+            "mlflow.tracking_uri=sqlite:////no/such/mlflow.db",
+            r"mlflow.tracking_uri='sqlite:////no/such/mlflow.db': no such "
+            r"store \(no file /no/such/mlflow.db\)",
+        ),
+        ("run_id=abc", r"run_id='abc': no such run in sqlite:///"),
+        (
+            "mlflow.experiment_name=nothing_yet",
+            r"run_id=null \(the latest run\): no finished run with a model in "
+            r"experiment mlflow.experiment_name='nothing_yet'",
+        ),
+        ("pretrained=true", r"pretrained=true: no pretrained model cached for model=small"),
+    ],
+)
 def test_bad_inputs_name_key_value_and_what_is_allowed(override, message):
     import mlflow
 
@@ -58,10 +68,17 @@ def test_bad_inputs_name_key_value_and_what_is_allowed(override, message):
         generate.generate(compose_config([override, "cache_dir=/nonexistent"], config_name="generate"))
 
 
-@pytest.mark.parametrize("text", [
-    "What of TensorFlow Federated, you ask? ", "It's [a] {b} = c, d", "back\\slash \\", "x\\'y", "${x} $y",
-    '"quoted", he said',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "What of TensorFlow Federated, you ask? ",
+        "It's [a] {b} = c, d",
+        "back\\slash \\",
+        "x\\'y",
+        "${x} $y",
+        '"quoted", he said',
+    ],
+)
 def test_prompt_is_taken_literally_from_the_command_line(text):
     (arg,) = generate.quote_free_text([f"prompt={text}"])
     assert compose_config([arg], config_name="generate").prompt == text
@@ -89,8 +106,9 @@ def test_cli_prints_text_from_a_run(tiny_run_id, tmp_path):
     assert result.returncode == 0, result.stdout[-2000:]
     assert f"run {tiny_run_id}" in result.stdout
     assert not any((tmp_path / "run").glob("**/*"))  # generating writes nothing (no .hydra/, no log file)
-    (latest,) = generate.generate(compose_config(
-        [f"mlflow.experiment_name={TINY_RUN_EXPERIMENT}", "length=50"], config_name="generate"))
+    (latest,) = generate.generate(
+        compose_config([f"mlflow.experiment_name={TINY_RUN_EXPERIMENT}", "length=50"], config_name="generate")
+    )
     assert latest.startswith(generator.TUTORIAL_PROMPT) and len(latest) == len(generator.TUTORIAL_PROMPT) + 50
     assert latest.replace("\r", "\n") in result.stdout  # the CLI printed it (read in text mode: \r -> \n), and
     # the latest run is that run

@@ -1,5 +1,6 @@
 """Never lose an experiment, end to end: runs killed (SIGKILL), interrupted (Ctrl-C, SIGTERM) or diverging, then
 resumed, compared with the same config run uninterrupted; no process left in any case."""
+
 from __future__ import annotations
 
 import collections
@@ -41,8 +42,9 @@ def _assert_same_run(run_id: str, reference_id: str) -> None:
     got, want = _history(run_id), _history(reference_id)
     for key in COMPARED:
         assert [s for s, _ in got[key]] == [s for s, _ in want[key]], f"{key} steps differ"
-        np.testing.assert_allclose([v for _, v in got[key]], [v for _, v in want[key]], rtol=1e-4, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            [v for _, v in got[key]], [v for _, v in want[key]], rtol=1e-4, atol=1e-6, err_msg=key
+        )
     for a, b in zip(_final_weights(run_id), _final_weights(reference_id), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
@@ -110,8 +112,17 @@ def test_run_preempted_three_times_ends_as_the_uninterrupted_run(uninterrupted, 
 @pytest.mark.e2e
 def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     # A server learning rate of 1e38: round 1 is fine, round 2's loss overflows to inf.
-    result = run_fedlm([*TINY, "rounds=4", "eval_every=5", "checkpoint_every=1", "server_optimizer.learning_rate=1e38",
-                        "mlflow.experiment_name=diverging"], tmp_path)
+    result = run_fedlm(
+        [
+            *TINY,
+            "rounds=4",
+            "eval_every=5",
+            "checkpoint_every=1",
+            "server_optimizer.learning_rate=1e38",
+            "mlflow.experiment_name=diverging",
+        ],
+        tmp_path,
+    )
     assert result.returncode == 1, result.stdout[-3000:]
     diverged = re.search(r"training diverged at round (\d+): (.*)", result.stdout)
     assert diverged, result.stdout[-3000:]
@@ -130,8 +141,9 @@ def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     traceback, then suggested resuming it."""
     result = run_fedlm([*TINY, "optimizer.learning_rate=1e6", "mlflow.experiment_name=huge_loss"], tmp_path)
     assert result.returncode == 1, result.stdout[-3000:]
-    assert re.search(r"training diverged at round 1: train_loss is [0-9.e+]+, its perplexity inf", result.stdout), \
+    assert re.search(r"training diverged at round 1: train_loss is [0-9.e+]+, its perplexity inf", result.stdout), (
         result.stdout[-3000:]
+    )
     assert "Traceback" not in result.stdout and "continue it with" not in result.stdout, result.stdout[-3000:]
     assert RunDirectory(tmp_path / "run").rounds() == [0] and "last checkpoint: round 0" in result.stdout
     run = _only_run("huge_loss")
@@ -145,8 +157,14 @@ def test_resumed_run_has_each_rounds_samples_once(tmp_path):
     """Killed after round 3 (logged with its samples, not checkpointed: every 2 rounds), resumed: round 3 is
     recomputed, and its samples were appended again, since the rounds already in the table were looked up in the
     wrong experiment (with a warning "Not all runs have the specified table artifact" on every resume)."""
-    args = [*TINY, "rounds=4", "sample_every=1", "checkpoint_every=2", "sample_length=300",
-            "mlflow.experiment_name=samples_once"]
+    args = [
+        *TINY,
+        "rounds=4",
+        "sample_every=1",
+        "checkpoint_every=2",
+        "sample_length=300",
+        "mlflow.experiment_name=samples_once",
+    ]
     code, out = _interrupt_at(args, tmp_path, "run", 4, signal.SIGKILL)  # during round 4's samples
     assert code == -signal.SIGKILL
     assert RunDirectory(tmp_path / "run").rounds()[-1] == 2, out[-3000:]
@@ -155,4 +173,4 @@ def test_resumed_run_has_each_rounds_samples_once(tmp_path):
     assert "after round 2" in resumed.stdout and "Not all runs" not in resumed.stdout, resumed.stdout[-3000:]
     run = _only_run("samples_once")
     table = mlflow.MlflowClient().load_table(run.info.experiment_id, SAMPLES_TABLE, run_ids=[run.info.run_id])
-    assert collections.Counter(table["round"]) == {r: 2 for r in range(5)}  # 2 prompts x 1 temperature a round
+    assert collections.Counter(table["round"]) == dict.fromkeys(range(5), 2)  # 2 prompts x 1 temperature a round

@@ -1,12 +1,12 @@
 """A tiny real run through `python -m fedlm.run`, checked in MLflow, and checked for leftover processes."""
-from __future__ import annotations
 
-import pytest
+from __future__ import annotations
 
 import mlflow
 import numpy as np
+import pytest
 
-from tests.conftest import keras_eval_data, TINY, compose_config, run_fedlm
+from tests.conftest import TINY, compose_config, keras_eval_data, run_fedlm
 
 
 def _metric_steps(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:
@@ -39,7 +39,11 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
 
     cfg = compose_config(TINY)
     eval_data = keras_eval_data(cfg)
-    start = metrics.compile_for_eval(tf.keras.models.load_model(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False))
+    start = metrics.compile_for_eval(
+        tf.keras.models.load_model(
+            pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False
+        )
+    )
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
     run = mlflow.get_run(tiny_run_id)
     logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "eval/loss")
@@ -56,7 +60,9 @@ def test_final_model_is_the_trained_one(tiny_run_id):
     run = mlflow.get_run(tiny_run_id)
     path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/final_model.h5")
     final = tf.keras.models.load_model(path, compile=False).get_weights()
-    start = tf.keras.models.load_model(pretrain.cache_path(*_pretrain_args(compose_config(TINY))), compile=False).get_weights()
+    start = tf.keras.models.load_model(
+        pretrain.cache_path(*_pretrain_args(compose_config(TINY))), compile=False
+    ).get_weights()
     assert any(not np.allclose(a, b) for a, b in zip(final, start))
 
 
@@ -74,8 +80,11 @@ def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id
     assert result.returncode == 0, result.stdout[-3000:]
     client = mlflow.MlflowClient()
     first = mlflow.get_run(tiny_run_id)
-    children = {r.data.params["seed"]: r for r in mlflow.search_runs(experiment_names=["repro"], output_format="list")
-                if "mlflow.parentRunId" in r.data.tags}
+    children = {
+        r.data.params["seed"]: r
+        for r in mlflow.search_runs(experiment_names=["repro"], output_format="list")
+        if "mlflow.parentRunId" in r.data.tags
+    }
 
     def sampled(run) -> dict:
         return mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/sampled_clients.json")

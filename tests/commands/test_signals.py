@@ -1,6 +1,7 @@
 """Stop requests the way batch schedulers, `timeout` and scripts send them: to the whole process group of
 `uv run python -m fedlm.run`. uv forwards SIGTERM (at once) and, without a terminal, SIGINT (200 ms later) to python,
 which also gets the group's copy: every such request arrives twice and must still mean "stop after this round"."""
+
 from __future__ import annotations
 
 import os

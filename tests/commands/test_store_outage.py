@@ -1,6 +1,7 @@
 """The MLflow store unavailable mid-run, as users meet it: a sqlite store locked by another process for longer than
 MLflow's own 20 s wait, and a store on a filesystem that fills up. No round's metrics may be lost, no traceback
 shown, and the run's status reported as the store has it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ db.execute("COMMIT")
 
 @contextlib.contextmanager
 def exclusive_lock(db: Path) -> Iterator[None]:
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(db)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         yield
@@ -55,8 +57,9 @@ def small_filesystem(tmp_path) -> Iterator[Path]:
         pytest.skip("mounting a small filesystem needs root")
     mount = tmp_path / "small_fs"
     mount.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "fedlm-test", str(mount)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=32m", "fedlm-test", str(mount)], capture_output=True, text=True
+    )
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
     try:
@@ -107,10 +110,16 @@ def only_run(uri: str, experiment: str):
 
 def assert_every_step_once(client: mlflow.MlflowClient, run_id: str, rounds: int) -> None:
     """Each round's metrics in the store, each step once (a replayed or recomputed step logged twice would show)."""
-    steps = {key: sorted(m.step for m in client.get_metric_history(run_id, key))
-             for key in ("train_loss", "round_seconds", "eval_loss", "eval_accuracy")}
-    assert steps == {"train_loss": list(range(1, rounds + 1)), "round_seconds": list(range(1, rounds + 1)),
-                     "eval_loss": list(range(rounds + 1)), "eval_accuracy": list(range(rounds + 1))}, steps
+    steps = {
+        key: sorted(m.step for m in client.get_metric_history(run_id, key))
+        for key in ("train_loss", "round_seconds", "eval_loss", "eval_accuracy")
+    }
+    assert steps == {
+        "train_loss": list(range(1, rounds + 1)),
+        "round_seconds": list(range(1, rounds + 1)),
+        "eval_loss": list(range(rounds + 1)),
+        "eval_accuracy": list(range(rounds + 1)),
+    }, steps
 
 
 def assert_no_traceback(out: str) -> None:

@@ -1,4 +1,5 @@
 """Multiruns in MLflow: one parent per sweep, one child per job, with the basic and joblib launchers and Optuna."""
+
 from __future__ import annotations
 
 import mlflow
@@ -23,8 +24,10 @@ def assert_full_history(children, rounds: int) -> None:
     client = mlflow.MlflowClient()
     for child in children:
         assert child.info.status == "FINISHED"
-        steps = {k: sorted(m.step for m in client.get_metric_history(child.info.run_id, k))
-                 for k in ("eval/loss", "train/loss")}
+        steps = {
+            k: sorted(m.step for m in client.get_metric_history(child.info.run_id, k))
+            for k in ("eval/loss", "train/loss")
+        }
         assert steps == {"eval/loss": list(range(rounds + 1)), "train/loss": list(range(1, rounds + 1))}, steps
 
 
@@ -44,10 +47,12 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
     assert [a.path for a in parent_plots] == ["plots/sweep_eval_accuracy.png"]
     definition = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/sweep.yaml"))
     assert set(SWEEP) <= set(definition["overrides"]) and definition["launcher"]["_target_"].endswith(
-        "JoblibLauncher" if launcher == "joblib" else "BasicLauncher")
+        "JoblibLauncher" if launcher == "joblib" else "BasicLauncher"
+    )
 
     assert sorted(c.info.run_name for c in children) == sorted(
-        f"{o} · {w}" for o in ("sgd", "adam") for w in ("num_examples", "uniform"))
+        f"{o} · {w}" for o in ("sgd", "adam") for w in ("num_examples", "uniform")
+    )
     for child in children:
         tags = child.data.tags
         assert child.info.run_name == f"{tags['override.optimizer']} · {tags['override.client_weighting']}"
@@ -68,15 +73,19 @@ def test_four_job_sweep_is_one_parent_with_four_named_tagged_children(tmp_path, 
 
 @pytest.mark.e2e
 def test_optuna_experiment_runs_three_trials_minimizing_final_eval_loss(tmp_path):
-    result = run_fedlm(["-m", "experiment=optuna", *TINY, "rounds=1", "eval_every=1",
-                        "mlflow.experiment_name=optuna"], tmp_path)
+    result = run_fedlm(
+        ["-m", "experiment=optuna", *TINY, "rounds=1", "eval_every=1", "mlflow.experiment_name=optuna"], tmp_path
+    )
     assert result.returncode == 0, result.stdout[-3000:]
     parent, children = sweep_runs("optuna")
     assert len(children) == 3 and parent.info.run_name == "optuna: client lr × server lr × local_epochs"
     assert all(c.info.run_name.startswith("client lr=") for c in children)
     assert_full_history(children, rounds=1)
-    final_losses = [mlflow.MlflowClient().get_metric_history(c.info.run_id, "eval/loss")[-1].value
-                    for c in children if c.data.metrics]
+    final_losses = [
+        mlflow.MlflowClient().get_metric_history(c.info.run_id, "eval/loss")[-1].value
+        for c in children
+        if c.data.metrics
+    ]
     best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert best["best_value"] == pytest.approx(min(final_losses), rel=1e-6)
     learning_rates = {float(c.data.params["optimizer.learning_rate"]) for c in children}

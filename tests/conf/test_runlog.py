@@ -1,4 +1,5 @@
 """The run-log tee across a multirun's jobs in one process: each job's log gets its lines once, the console all."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """The config space: every group option composes, every bad value is refused naming the key, before TensorFlow."""
+
 from __future__ import annotations
 
 import re
@@ -9,13 +10,24 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from fedlm.conf import checks, schema
 from fedlm import errors
+from fedlm.conf import checks, schema
 from tests.conftest import CONF_DIR, compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["data", "model", "optimizer", "server_optimizer", "client_weighting", "sampling", "aggregator", "algorithm",
-          "pretrain", "eval", "experiment"]
+GROUPS = [
+    "data",
+    "model",
+    "optimizer",
+    "server_optimizer",
+    "client_weighting",
+    "sampling",
+    "aggregator",
+    "algorithm",
+    "pretrain",
+    "eval",
+    "experiment",
+]
 # TFF 0.87's adafactor fails inside its learning processes: refused by validate (see below).
 BROKEN_IN_TFF = {("optimizer", "adafactor"), ("server_optimizer", "adafactor")}
 # Options that only make sense together with other keys.
@@ -109,15 +121,19 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["data=tff_shakespeare", "data.proxy_genres=[histories,x]"], "data.proxy_genres=['histories', 'x']: unknown"),
         (["model.init=/"], "model.init='/': a directory, but no SavedModel (no saved_model.pb in it)"),
         (["+round=5"], "round: no such key (added by `+round=…`?); did you mean rounds?"),
-        (["+optimizer.lr=0.1"], "optimizer.lr: no such key (added by `+optimizer.lr=…`?); did you mean "
-                                "optimizer.learning_rate?"),
+        (
+            ["+optimizer.lr=0.1"],
+            "optimizer.lr: no such key (added by `+optimizer.lr=…`?); did you mean optimizer.learning_rate?",
+        ),
         (["sample_temperatures=[nan]"], "sample_temperatures[0]=nan: must be a finite number"),
         (["sample_temperatures=[1.0,inf]"], "sample_temperatures[1]=inf: must be a finite number"),
         (["runtime.max_concurrent_clients=-1"], "runtime.max_concurrent_clients=-1: must be >= 0"),
         (["pretrain.learning_rate=0"], "pretrain.learning_rate=0.0"),
         (["model.embedding_dim=0"], "model.embedding_dim=0"),
-        (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=-1"],
-         "aggregator.noise_multiplier=-1.0"),
+        (
+            ["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=-1"],
+            "aggregator.noise_multiplier=-1.0",
+        ),
         (["model.init=/nonexistent/model.h5"], "model.init='/nonexistent/model.h5': no such file"),
         (["pretrain.corpus=/nonexistent.txt"], "pretrain.corpus='/nonexistent.txt': no such file"),
     ],
@@ -134,11 +150,15 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
         (["aggregator=dp", "client_weighting=num_tokens"], "aggregator=dp with client_weighting=num_tokens"),
         (["algorithm=fedprox", "algorithm.proximal_strength=0"], "algorithm.proximal_strength=0.0: must be > 0.0"),
         (["sampling=fixed"], "sampling.clients=null: sampling=fixed needs a list"),
-        (["sampling=fixed", "sampling.clients=[A,B]", "clients_per_round=10"],
-         "clients_per_round=10: sampling=fixed trains the 2 clients.*clients_per_round=2"),
+        (
+            ["sampling=fixed", "sampling.clients=[A,B]", "clients_per_round=10"],
+            "clients_per_round=10: sampling=fixed trains the 2 clients.*clients_per_round=2",
+        ),
         (["sampling=fixed", "sampling.clients=[A,A]", "clients_per_round=2"], r"sampling.clients: \['A'\] listed more"),
-        (["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=1.0"],
-         r"aggregator.noise_multiplier=1.0 with clients_per_round=10: .*needs clients_per_round > 10"),
+        (
+            ["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=1.0"],
+            r"aggregator.noise_multiplier=1.0 with clients_per_round=10: .*needs clients_per_round > 10",
+        ),
         (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
         (["server_optimizer=adafactor"], "server_optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
     ],
@@ -148,15 +168,18 @@ def test_inconsistent_combinations_are_rejected(overrides, message):
         checks.validate(compose_config(overrides))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["sample_every=0"], r"sample_every=0: must be >= 1"),
-    (["sample_length=0"], r"sample_length=0: must be >= 1"),
-    (["sample_prompts=['café, ']"], r"sample_prompts\[0\]='café, ': characters outside the vocabulary: \['é'\]"),
-    (["sample_prompts=['']"], r"sample_prompts\[0\]='': must be a non-empty string"),
-    (["sample_temperatures=[1.0,-0.5]"], r"sample_temperatures\[1\]=-0.5: must be a number >= 0"),
-    (["sample_temperatures=[]"], r"sample_temperatures=\[\]: must list at least one temperature"),
-    (["mlflow.registered_model_name=' '"], r"mlflow.registered_model_name=' ': must be a non-empty name"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sample_every=0"], r"sample_every=0: must be >= 1"),
+        (["sample_length=0"], r"sample_length=0: must be >= 1"),
+        (["sample_prompts=['café, ']"], r"sample_prompts\[0\]='café, ': characters outside the vocabulary: \['é'\]"),
+        (["sample_prompts=['']"], r"sample_prompts\[0\]='': must be a non-empty string"),
+        (["sample_temperatures=[1.0,-0.5]"], r"sample_temperatures\[1\]=-0.5: must be a number >= 0"),
+        (["sample_temperatures=[]"], r"sample_temperatures=\[\]: must list at least one temperature"),
+        (["mlflow.registered_model_name=' '"], r"mlflow.registered_model_name=' ': must be a non-empty name"),
+    ],
+)
 def test_bad_sample_and_model_registry_settings(overrides, message):
     with pytest.raises(errors.ConfigError, match=message):
         checks.validate(compose_config(overrides))
@@ -174,8 +197,9 @@ def test_population_checks():
         checks.check_population(compose_config(["clients_per_round=21"]), population, 20)
     with pytest.raises(errors.ConfigError, match="clients_per_round=21"):
         checks.check_population(compose_config(["clients_per_round=21", "sampling=size_weighted"]), population, 20)
-    checks.check_population(compose_config(["clients_per_round=21", "sampling=with_replacement", "eval_clients=20"]),
-                            population, 20)
+    checks.check_population(
+        compose_config(["clients_per_round=21", "sampling=with_replacement", "eval_clients=20"]), population, 20
+    )
     fixed = compose_config(["sampling=fixed", "sampling.clients=[PLAY_ROLE_1,PLAY_ROLE_X]", "clients_per_round=2"])
     with pytest.raises(errors.ConfigError, match=r"unknown client id\(s\) \['PLAY_ROLE_X'\].*closest.*PLAY_ROLE_"):
         checks.check_population(fixed, population, 20)
@@ -205,7 +229,8 @@ from hydra import compose, initialize_config_dir
 from fedlm import errors, run
 from fedlm.conf import schema
 schema.register()
-cases = [["rounds=0"], ["clients_per_round=5000"], ["sampling=fixed", "sampling.clients=[NOBODY]", "clients_per_round=1"]]
+cases = [["rounds=0"], ["clients_per_round=5000"],
+         ["sampling=fixed", "sampling.clients=[NOBODY]", "clients_per_round=1"]]
 with initialize_config_dir(version_base="1.3", config_dir={CONF_DIR!r}):
     for overrides in cases:
         try:
@@ -224,8 +249,9 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
 
 @pytest.mark.e2e
 def test_help_lists_every_group_and_the_config():
-    out = subprocess.run([sys.executable, "-m", "fedlm.run", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "fedlm.run", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     for group in GROUPS:
         assert f"{group}: " in out.stdout, group

@@ -59,8 +59,11 @@ def test_eval_sequences_drop_single_character_tails_too():
     from fedlm.data import client_data as client_data_lib
 
     client_data = client_data_lib.to_client_data({"A": ["abcdefghijk"], "B": ["lmnopqr"]})  # 2·5 + 1 and 5 + 2 chars
-    got = [(x, y) for bx, by in preprocessing.clients_eval_dataset(client_data, ["A", "B"], 4, 8).as_numpy_iterator()
-           for x, y in zip(bx, by)]
+    got = [
+        (x, y)
+        for bx, by in preprocessing.clients_eval_dataset(client_data, ["A", "B"], 4, 8).as_numpy_iterator()
+        for x, y in zip(bx, by)
+    ]
     assert len(got) == 2 + 2 and all((y != vocab.PAD_ID).any() for _, y in got)
 
 
@@ -108,8 +111,10 @@ def test_traced_client_datasets_equal_eager_ones():
 
     rng = np.random.default_rng(0)
     chars = list("abcdefgh \n")
-    speeches = {cid: ["".join(rng.choice(chars, rng.integers(1, 60))) for _ in range(n)]
-                for cid, n in (("A", 9), ("B", 3), ("C", 1))}
+    speeches = {
+        cid: ["".join(rng.choice(chars, rng.integers(1, 60))) for _ in range(n)]
+        for cid, n in (("A", 9), ("B", 3), ("C", 1))
+    }
     client_data = client_data_lib.to_client_data(speeches)
     make = preprocessing.build_client_dataset_fn(client_data, 10, 3, 5, local_epochs=2, max_batches=7)
     tf.random.set_seed(None)  # the eager pipeline's order depends on TF's global seed; the traced one does not

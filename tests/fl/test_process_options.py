@@ -1,15 +1,15 @@
 """The learning process on a tiny model, built as `fedlm.run` builds it: each client weighting (fl/weighting.py),
 aggregator (fl/aggregators.py) and algorithm (fl/algorithms.py) does what it says."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from fedlm import vocab
-from fedlm.conf import checks
-from fedlm import experiment
-from fedlm.fl import algorithms, process as fl_process, runtime
+from fedlm import experiment, vocab
+from fedlm.fl import algorithms, runtime
+from fedlm.fl import process as fl_process
 from fedlm.model import char_rnn
 from tests.conftest import compose_config
 
@@ -50,8 +50,9 @@ def one_round(start, clients: list[str], overrides: list[str]) -> list[np.ndarra
     """Server weights after one round from `start` (client SGD 0.1, server SGD 1.0: the new model is the mean)."""
     import tensorflow_federated as tff
 
-    cfg = compose_config(["optimizer=sgd", "optimizer.learning_rate=0.1", "server_optimizer=sgd", "clients_per_round=2",
-                          *overrides])
+    cfg = compose_config(
+        ["optimizer=sgd", "optimizer.learning_rate=0.1", "server_optimizer=sgd", "clients_per_round=2", *overrides]
+    )
     process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
     template = keras_model()
     template.set_weights(start)
@@ -95,7 +96,9 @@ def test_tff_fed_prox_pushes_clients_away_which_is_why_fedlm_does_not_use_it(sta
     import tensorflow_federated as tff
 
     process = tff.learning.algorithms.build_weighted_fed_prox(
-        fl_process.build_model_fn(keras_model, SEQ), 5.0, tff.learning.optimizers.build_sgdm(0.1),
+        fl_process.build_model_fn(keras_model, SEQ),
+        5.0,
+        tff.learning.optimizers.build_sgdm(0.1),
         tff.learning.optimizers.build_sgdm(1.0),
     )
     template = keras_model()
@@ -144,5 +147,7 @@ def test_tff_adafactor_fails_inside_fed_avg_which_is_why_config_refuses_it(start
     adafactor, sgd = tff.learning.optimizers.build_adafactor(0.01), tff.learning.optimizers.build_sgdm(0.1)
     client, server = (adafactor, sgd) if side == "client" else (sgd, adafactor)
     with pytest.raises((KeyError, TypeError), match="steps|int32"):
-        process = tff.learning.algorithms.build_weighted_fed_avg(fl_process.build_model_fn(keras_model, SEQ), client, server)
+        process = tff.learning.algorithms.build_weighted_fed_avg(
+            fl_process.build_model_fn(keras_model, SEQ), client, server
+        )
         process.next(process.initialize(), [CLIENTS["A"]])

@@ -1,5 +1,6 @@
 """How many clients TFF trains at once by default; what the startup line counts; what Ctrl-C and SIGTERM ask for;
 the TFF worker's end."""
+
 from __future__ import annotations
 
 import signal
@@ -12,13 +13,16 @@ from fedlm.fl import runtime
 from tests.conftest import ROOT, assert_session_ended
 
 
-@pytest.mark.parametrize("cache_mb, cores, units, want", [
-    (32, 2, 256, 2),    # 3 MB of recurrent weights a client: one per core
-    (32, 2, 1024, 1),   # 25 MB a client: two would not fit in the cache together
-    (32, 8, 512, 5),    # 6 MB a client: as many as fit, below the core count
-    (1, 4, 1024, 1),    # never fewer than one
-    (None, 4, 1024, 4), # cache size unknown: one per core
-])
+@pytest.mark.parametrize(
+    "cache_mb, cores, units, want",
+    [
+        (32, 2, 256, 2),  # 3 MB of recurrent weights a client: one per core
+        (32, 2, 1024, 1),  # 25 MB a client: two would not fit in the cache together
+        (32, 8, 512, 5),  # 6 MB a client: as many as fit, below the core count
+        (1, 4, 1024, 1),  # never fewer than one
+        (None, 4, 1024, 4),  # cache size unknown: one per core
+    ],
+)
 def test_default_is_one_per_core_as_far_as_the_cache_holds(monkeypatch, cache_mb, cores, units, want):
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: cores)
     monkeypatch.setattr(runtime, "last_level_cache_bytes", lambda: cache_mb and cache_mb * 2**20)
@@ -41,13 +45,16 @@ def test_last_level_cache_is_the_highest_levels_size(tmp_path):
 
 def test_startup_counts_the_process_start_once_then_each_job_from_its_own_start():
     """A multirun's later jobs share the process: their startup line must not include the earlier jobs."""
-    code = ("from fedlm.fl import runtime; first, later = runtime.Stopwatch(), runtime.Stopwatch(); later.lap('data'); "
-            "print(sorted(first.laps), sorted(later.laps))")
+    code = (
+        "from fedlm.fl import runtime; first, later = runtime.Stopwatch(), runtime.Stopwatch(); later.lap('data'); "
+        "print(sorted(first.laps), sorted(later.laps))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == "['python + hydra'] ['data']"
 
 
 # --- stop requests (Ctrl-C, SIGTERM) ----------------------------------------------------------------------------
+
 
 class _Clock:
     def __init__(self) -> None:
@@ -100,10 +107,9 @@ def test_a_second_request_waits_for_a_checkpoint_being_written(clock):
     runtime._on_signal(signal.SIGINT, None)
     clock.now += runtime.REPEAT_WINDOW + 1
     written = []
-    with pytest.raises(runtime.Interrupted):
-        with runtime.uninterrupted():
-            runtime._on_signal(signal.SIGINT, None)
-            written.append(True)  # the block goes on to its end
+    with pytest.raises(runtime.Interrupted), runtime.uninterrupted():
+        runtime._on_signal(signal.SIGINT, None)
+        written.append(True)  # the block goes on to its end
     assert written == [True]
 
 
@@ -133,8 +139,14 @@ def test_a_context_referenced_after_its_cleanup_does_not_signal_its_stopped_work
             kept.append(tff.framework.get_context_stack().current)  # what the abandoned round's frames hold
         print("left the context", flush=True)
     """
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     out, err = proc.communicate(timeout=300)
     assert_session_ended(proc.pid)
     assert proc.returncode == 0 and "left the context" in out, err[-3000:]

@@ -1,10 +1,10 @@
 """Client samplers: seeded functions of the round, each with the statistics its name promises."""
+
 from __future__ import annotations
 
 import collections
 
 import pytest
-
 from hydra.utils import instantiate
 
 from fedlm.fl.sampling import Population
@@ -35,7 +35,7 @@ def test_same_seed_same_clients_other_seed_other_clients(name):
 
 @pytest.mark.parametrize("name", ["uniform", "size_weighted"])
 def test_without_replacement_within_a_round(name):
-    sample = build_client_sampler(name, IDS, 30, seed=0, client_sizes={c: 5 for c in IDS})
+    sample = build_client_sampler(name, IDS, 30, seed=0, client_sizes=dict.fromkeys(IDS, 5))
     assert all(sorted(sample(r)) == IDS for r in range(1, 11))
 
 

@@ -1,4 +1,5 @@
 """FastGRU against the stock Keras GRU: same outputs, same gradients, interchangeable weights and files."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,12 +15,14 @@ VOCAB, EMBED, UNITS, BATCH, STEPS = 11, 6, 12, 3, 9
 
 def char_rnn(gru: tf.keras.layers.Layer) -> tf.keras.Model:
     """The project's model shape: Embedding -> GRU(return_sequences) -> Dense, batch and time unknown."""
-    return tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(None,), dtype=tf.int32),
-        tf.keras.layers.Embedding(VOCAB, EMBED),
-        gru,
-        tf.keras.layers.Dense(VOCAB),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(None,), dtype=tf.int32),
+            tf.keras.layers.Embedding(VOCAB, EMBED),
+            gru,
+            tf.keras.layers.Dense(VOCAB),
+        ]
+    )
 
 
 def pair() -> tuple[tf.keras.Model, tf.keras.Model]:
@@ -147,8 +150,9 @@ def test_train_step_in_tf_function_with_unknown_batch_and_time(fast_calls):
     stock, fast = pair()
     fast_calls.clear()
     spec = tf.TensorSpec([None, None], tf.int32)
-    steps = {m: tf.function(lambda x, y, m=m: loss_and_grads(m, x, y), input_signature=[spec, spec])
-             for m in (stock, fast)}
+    steps = {
+        m: tf.function(lambda x, y, m=m: loss_and_grads(m, x, y), input_signature=[spec, spec]) for m in (stock, fast)
+    }
     for batch, steps_len in [(BATCH, STEPS), (1, 4)]:
         x, y = tokens(batch, steps_len), tokens(batch, steps_len, seed=3)
         (loss_s, grads_s), (loss_f, grads_f) = steps[stock](x, y), steps[fast](x, y)
@@ -160,10 +164,14 @@ def test_train_step_in_tf_function_with_unknown_batch_and_time(fast_calls):
 
 def test_masked_and_stateful_calls_use_the_stock_path(fast_calls):
     stock, fast = pair()
-    gen = tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(None,), batch_size=1, dtype=tf.int32),
-        tf.keras.layers.Embedding(VOCAB, EMBED), FastGRU(UNITS, return_sequences=True, stateful=True), tf.keras.layers.Dense(VOCAB),
-    ])
+    gen = tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer(input_shape=(None,), batch_size=1, dtype=tf.int32),
+            tf.keras.layers.Embedding(VOCAB, EMBED),
+            FastGRU(UNITS, return_sequences=True, stateful=True),
+            tf.keras.layers.Dense(VOCAB),
+        ]
+    )
     gen.set_weights(fast.get_weights())
     fast_calls.clear()  # building `pair` ran the fast path
     seqs = tf.random.stateless_normal([BATCH, STEPS, EMBED], seed=[5, 6])
@@ -187,15 +195,18 @@ def test_federated_round_matches_stock_in_tff(fast_calls):
     import tensorflow_federated as tff
 
     from fedlm import experiment
-    from fedlm.fl import process as fl_process, runtime
+    from fedlm.fl import process as fl_process
+    from fedlm.fl import runtime
     from fedlm.model import char_rnn
     from tests.conftest import compose_config
 
     seq = 7
     rng = np.random.default_rng(4)
     clients = [  # two clients: 3 and 2 batches, the last one smaller, as fedlm's client datasets
-        tf.data.Dataset.from_tensor_slices(tuple(rng.integers(0, vocab.VOCAB_SIZE, (2, n, seq)).astype(np.int32)))
-        .batch(4) for n in (10, 6)
+        tf.data.Dataset.from_tensor_slices(
+            tuple(rng.integers(0, vocab.VOCAB_SIZE, (2, n, seq)).astype(np.int32))
+        ).batch(4)
+        for n in (10, 6)
     ]
     start = char_rnn.build_model(5, UNITS, "keras")
     start.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in start.get_weights()])
@@ -224,7 +235,6 @@ def test_fedlm_saves_fast_models_as_stock_keras(tmp_path):
     """Pretrained cache and final model files hold a stock GRU: plain Keras loads them, no fedlm class needed."""
     import h5py
 
-    from fedlm import vocab
     from fedlm.model import char_rnn
 
     fast = char_rnn.build_model(EMBED, UNITS, "fast")

@@ -1,4 +1,5 @@
 """Language-model metrics: per-character cross-entropy, OOV rate, counts; Keras vs federated evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,7 @@ import numpy as np
 import pytest
 
 from fedlm import vocab
-from fedlm.data import preprocessing
-from fedlm.model import char_rnn, metrics
+from fedlm.model import metrics
 
 
 def _batch():

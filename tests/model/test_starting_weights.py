@@ -1,4 +1,5 @@
 """`model.init=`: fedlm's own files, the TFF tutorial's published format, and every file that does not fit."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,11 +16,13 @@ E, H = 8, 16  # the tutorial's structure with small sizes (its models are E=256,
 
 def tutorial_format_model(batch_size: int, vocab_size: int = 86) -> tf.keras.Model:
     """The tutorial's char-RNN as published (text-generation tutorial's build_model): fixed batch, stateful GRU."""
-    return tf.keras.Sequential([
-        tf.keras.layers.Embedding(vocab_size, E, batch_input_shape=[batch_size, None]),
-        tf.keras.layers.GRU(H, return_sequences=True, stateful=True, recurrent_initializer="glorot_uniform"),
-        tf.keras.layers.Dense(vocab_size),
-    ])
+    return tf.keras.Sequential(
+        [
+            tf.keras.layers.Embedding(vocab_size, E, batch_input_shape=[batch_size, None]),
+            tf.keras.layers.GRU(H, return_sequences=True, stateful=True, recurrent_initializer="glorot_uniform"),
+            tf.keras.layers.Dense(vocab_size),
+        ]
+    )
 
 
 def save_tutorial_format(path, batch_size: int, vocab_size: int = 86) -> str:
@@ -47,7 +50,7 @@ def test_tutorial_format_loads_and_predicts_the_same_characters(tmp_path, batch_
     got = tf.nn.log_softmax(adapted(ids)).numpy()
     # Same distribution over the tutorial's 86 characters; PAD and OOV get no probability and are never predicted.
     np.testing.assert_allclose(got[..., : vocab.PAD_ID], want, atol=1e-5)
-    assert np.all(np.exp(got[..., vocab.PAD_ID:]) == 0)
+    assert np.all(np.exp(got[..., vocab.PAD_ID :]) == 0)
     assert np.all(np.argmax(got, -1) < vocab.PAD_ID)
     # The rows added for an OOV input: the mean character embedding; for PAD: zeros.
     np.testing.assert_allclose(init.weights[0][vocab.OOV_ID], init.weights[0][: vocab.PAD_ID].mean(0), rtol=1e-6)
@@ -96,20 +99,32 @@ def _wrong_sizes(tmp_path) -> str:
 
 
 def _not_the_char_rnn(tmp_path) -> str:
-    m = tf.keras.Sequential([tf.keras.layers.InputLayer((None,), dtype=tf.int32), tf.keras.layers.Embedding(88, E),
-                             tf.keras.layers.LSTM(H, return_sequences=True), tf.keras.layers.Dense(88)])
+    m = tf.keras.Sequential(
+        [
+            tf.keras.layers.InputLayer((None,), dtype=tf.int32),
+            tf.keras.layers.Embedding(88, E),
+            tf.keras.layers.LSTM(H, return_sequences=True),
+            tf.keras.layers.Dense(88),
+        ]
+    )
     return char_rnn.save_model(m, str(tmp_path / "lstm.h5"))
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda tmp: str(tmp / "missing.h5"), r"no such file; allowed: a Keras model file"),
-    (_not_a_keras_model, r"not a Keras model .*allowed: a Keras model file"),
-    (_wrong_vocabulary, r"vocabulary size 50; fits: 88 .* or 86"),
-    (_wrong_input_shape, r"input shape \(None, 5, 3\); fits: \(batch, time\) of character ids"),
-    (_wrong_sizes, r"Embedding dim 16, GRU units 16, but the configured model has 8, 16; "
-                   r"set model.embedding_dim=16 model.rnn_units=16"),
-    (_not_the_char_rnn, r"weight shapes .* are not the char-RNN; allowed: .*Embedding\(V, E\) -> GRU"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda tmp: str(tmp / "missing.h5"), r"no such file; allowed: a Keras model file"),
+        (_not_a_keras_model, r"not a Keras model .*allowed: a Keras model file"),
+        (_wrong_vocabulary, r"vocabulary size 50; fits: 88 .* or 86"),
+        (_wrong_input_shape, r"input shape \(None, 5, 3\); fits: \(batch, time\) of character ids"),
+        (
+            _wrong_sizes,
+            r"Embedding dim 16, GRU units 16, but the configured model has 8, 16; "
+            r"set model.embedding_dim=16 model.rnn_units=16",
+        ),
+        (_not_the_char_rnn, r"weight shapes .* are not the char-RNN; allowed: .*Embedding\(V, E\) -> GRU"),
+    ],
+)
 def test_files_that_do_not_fit_are_named_with_what_fits(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(ConfigError, match=rf"model\.init='{path}': {message}"):
@@ -171,4 +186,5 @@ def test_saving_prints_no_notices_that_do_not_apply(tmp_path):
         tf_logger.removeHandler(handler)
     assert not [w for w in caught if "HDF5" in str(w.message)]
     assert [r.getMessage() for r in records] == [
-        "Compiled the loaded model, but the compiled metrics have yet to be built."]
+        "Compiled the loaded model, but the compiled metrics have yet to be built."
+    ]

@@ -1,5 +1,6 @@
 """The metrics ledger and the store writer: metrics kept in the run directory until the store has them, retried with
 backoff while it is unavailable, each step logged once, and the store's state reported as it is."""
+
 from __future__ import annotations
 
 import errno
@@ -70,6 +71,7 @@ def failing(monkeypatch):
                 state.left -= 1
                 raise state.error
             return real(self, *args, **kwargs)
+
         return write
 
     for name in ("log_batch", "set_terminated"):
@@ -102,7 +104,8 @@ def test_entries_wait_in_the_file_until_acknowledged_across_reopening_and_a_torn
 
 
 def test_metrics_wait_in_the_ledger_while_the_store_fails_then_each_step_is_logged_once(
-        tmp_path, store, failing, capsys):
+    tmp_path, store, failing, capsys
+):
     uri, client, run_id = store
     clock = FakeClock()
     writer = ledger.StoreWriter(tmp_path / ledger.FILE_NAME, uri, patience=60, clock=clock, sleep=clock.sleep)
@@ -133,8 +136,10 @@ def test_a_store_unavailable_past_the_patience_stops_the_run_naming_store_file_a
     writer.log(2, {"eval_loss": 1.9})
     with pytest.raises(ledger.StoreUnavailable) as stopped:
         writer.flush()
-    assert str(stopped.value) == (f"MLflow store {uri} unavailable for 20 s (database is locked); the metrics of "
-                                  f"rounds 1-2 it lacks are kept in {writer.ledger.path}")
+    assert str(stopped.value) == (
+        f"MLflow store {uri} unavailable for 20 s (database is locked); the metrics of "
+        f"rounds 1-2 it lacks are kept in {writer.ledger.path}"
+    )
     assert clock.sleeps == [1.0, 2.0, 4.0, 8.0, 5.0]  # backoff, the last try on the deadline
     assert [e.step for e in ledger.MetricsLedger(writer.ledger.path).pending()] == [1, 2]
     assert not writer.finish("FAILED", wait=False)  # one try, the store still failing: not marked
@@ -187,13 +192,16 @@ def test_finish_marks_the_run_once_the_store_has_its_metrics(tmp_path, store, fa
     assert steps(client, run_id, "train_loss") == [1] and client.get_run(run_id).info.status == "FINISHED"
 
 
-@pytest.mark.parametrize("error, reason", [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-    (LOCKED, "database is locked"),  # sqlite's words, not SQLAlchemy's SQL dump
-    (MlflowException("Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE), "Service Unavailable"),  # a 503
-    (MlflowException("Run 'x' not found", error_code=RESOURCE_DOES_NOT_EXIST), None),
-    (ValueError("a bug"), None),
-])
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (LOCKED, "database is locked"),  # sqlite's words, not SQLAlchemy's SQL dump
+        (MlflowException("Service Unavailable", error_code=TEMPORARILY_UNAVAILABLE), "Service Unavailable"),  # a 503
+        (MlflowException("Run 'x' not found", error_code=RESOURCE_DOES_NOT_EXIST), None),
+        (ValueError("a bug"), None),
+    ],
+)
 def test_what_counts_as_the_store_being_unavailable(error, reason):
     assert ledger.unavailable_reason(error) == reason
 

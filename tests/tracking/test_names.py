@@ -1,17 +1,37 @@
 """What runs, sweeps and metrics are called in MLflow: short, meaningful, without infrastructure or escaping."""
+
 from __future__ import annotations
 
 from fedlm.tracking import names
 
-GROUPS = {"optimizer", "server_optimizer", "client_weighting", "algorithm", "model", "aggregator", "experiment",
-          "hydra/launcher"}
-CHOICES = {"algorithm": "fedavg", "optimizer": "sgd", "server_optimizer": "sgd", "model": "small", "aggregator": "dp",
-           "experiment": None, "hydra/launcher": "joblib"}
+GROUPS = {
+    "optimizer",
+    "server_optimizer",
+    "client_weighting",
+    "algorithm",
+    "model",
+    "aggregator",
+    "experiment",
+    "hydra/launcher",
+}
+CHOICES = {
+    "algorithm": "fedavg",
+    "optimizer": "sgd",
+    "server_optimizer": "sgd",
+    "model": "small",
+    "aggregator": "dp",
+    "experiment": None,
+    "hydra/launcher": "joblib",
+}
 
 
 def test_metric_names_are_grouped_by_split_and_map_back():
-    for fedlm, shown in (("eval_loss", "eval/loss"), ("train_bits_per_char", "train/bits_per_char"),
-                         ("round_seconds", "train/seconds"), ("eval_seconds", "eval/seconds")):
+    for fedlm, shown in (
+        ("eval_loss", "eval/loss"),
+        ("train_bits_per_char", "train/bits_per_char"),
+        ("round_seconds", "train/seconds"),
+        ("eval_seconds", "eval/seconds"),
+    ):
         assert names.metric(fedlm) == shown and names.fedlm_metric(shown) == fedlm
 
 
@@ -22,21 +42,34 @@ def test_override_values_lose_hydras_escaping():
 
 
 def test_a_sweep_child_is_named_by_its_swept_values_only():
-    overrides = [r"mlflow.tracking_uri=sqlite\:////tmp/x.db", "optimizer=adam", "model=tiny",
-                 "client_weighting=uniform"]
+    overrides = [
+        r"mlflow.tracking_uri=sqlite\:////tmp/x.db",
+        "optimizer=adam",
+        "model=tiny",
+        "client_weighting=uniform",
+    ]
     assert names.child_name(overrides, ["optimizer", "client_weighting"], GROUPS) == "adam · uniform"
     trial = ["optimizer.learning_rate=0.38123456", "server_optimizer.learning_rate=1.1", "local_epochs=2"]
-    assert names.child_name(trial, ["optimizer.learning_rate", "server_optimizer.learning_rate", "local_epochs"],
-                            GROUPS) == "client lr=0.381 · server lr=1.1 · local_epochs=2"
+    assert (
+        names.child_name(trial, ["optimizer.learning_rate", "server_optimizer.learning_rate", "local_epochs"], GROUPS)
+        == "client lr=0.381 · server lr=1.1 · local_epochs=2"
+    )
     assert names.child_name(["runtime.max_concurrent_clients=1"], ["runtime.max_concurrent_clients"], GROUPS) is None
 
 
 def test_a_single_run_is_named_by_a_summary_without_infrastructure():
-    overrides = [r"mlflow.tracking_uri=sqlite\:////tmp/x.db", "hydra/launcher=joblib", "aggregator=dp", "rounds=3",
-                 "cache_dir=/tmp/c"]
+    overrides = [
+        r"mlflow.tracking_uri=sqlite\:////tmp/x.db",
+        "hydra/launcher=joblib",
+        "aggregator=dp",
+        "rounds=3",
+        "cache_dir=/tmp/c",
+    ]
     assert names.run_summary(CHOICES, 10, overrides) == "fedavg sgd→sgd 10c dp"
-    assert names.run_summary(CHOICES | {"experiment": "tutorial"}, 2, ["experiment=tutorial"]) \
+    assert (
+        names.run_summary(CHOICES | {"experiment": "tutorial"}, 2, ["experiment=tutorial"])
         == "tutorial: fedavg sgd→sgd 2c"
+    )
 
 
 def test_a_sweep_parent_is_named_by_what_it_varies():
@@ -45,8 +78,15 @@ def test_a_sweep_parent_is_named_by_what_it_varies():
 
 
 def test_a_run_description_shows_the_start_and_the_end_but_no_machine_key():
-    text = names.run_description("adam · uniform", "10 rounds of `fedavg`.", ["optimizer=adam", "cache_dir=/tmp/c"],
-                                 {"eval/loss": 1.878, "eval/accuracy": 0.466}, {"eval/loss": 1.752}, 10, "runs:/x/m")
+    text = names.run_description(
+        "adam · uniform",
+        "10 rounds of `fedavg`.",
+        ["optimizer=adam", "cache_dir=/tmp/c"],
+        {"eval/loss": 1.878, "eval/accuracy": 0.466},
+        {"eval/loss": 1.752},
+        10,
+        "runs:/x/m",
+    )
     assert "Overrides: `optimizer=adam`" in text and "cache_dir" not in text
     assert "| `eval/loss` | 1.878 | 1.752 |" in text and "| `eval/accuracy` | 0.466 | – |" in text
     assert 'load_model("runs:/x/m")' in text

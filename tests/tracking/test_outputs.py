@@ -1,4 +1,5 @@
 """What users look at after a run: metrics, the samples table, the model, the plots, and the MLflow server."""
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import pytest
 from fedlm import vocab
 from fedlm.model import metrics
 from fedlm.tracking import plots, release, store, tags
-from tests.conftest import keras_eval_data, TINY, TINY_RUN_EXPERIMENT, compose_config, session_processes
+from tests.conftest import TINY, TINY_RUN_EXPERIMENT, compose_config, keras_eval_data, session_processes
 
 
 def _history(run_id: str, key: str) -> dict[int, float]:
@@ -61,7 +62,6 @@ def test_samples_table_at_round_0_and_the_last(tiny_run_id):
 @pytest.mark.e2e
 def test_logged_model_evaluates_to_the_last_logged_eval_loss(tiny_run_id):
     """The weights handed back from TFF are the ones evaluated last: the MLflow model reproduces eval_loss exactly."""
-    from fedlm.model import char_rnn
     from fedlm.tracking import artifacts
 
     loaded = mlflow.tensorflow.load_model(f"runs:/{tiny_run_id}/{artifacts.LOGGED_MODEL_NAME}")
@@ -116,8 +116,9 @@ def test_sweep_figure_overlays_the_childrens_eval_accuracy():
     parent = client.create_run(experiment.experiment_id, run_name="sweep x")
     curves = {"optimizer=sgd": [0.30, 0.35, 0.41], "optimizer=adam": [0.30, 0.44, 0.47]}
     for name, values in curves.items():
-        child = client.create_run(experiment.experiment_id, run_name=name,
-                                  tags={"mlflow.parentRunId": parent.info.run_id})
+        child = client.create_run(
+            experiment.experiment_id, run_name=name, tags={"mlflow.parentRunId": parent.info.run_id}
+        )
         for step, value in enumerate(values):
             client.log_metric(child.info.run_id, "eval/accuracy", value, step=step)
     client.create_run(experiment.experiment_id, run_name="not in the sweep")
@@ -147,9 +148,23 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", os.environ["MLFLOW_TRACKING_URI"],
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            os.environ["MLFLOW_TRACKING_URI"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=open(tmp_path / "server.log", "w"),  # noqa: SIM115 (the server outlives this expression; closed with it)
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -167,11 +182,13 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
         experiment_id = experiment["experiment"]["experiment_id"]
         (run,) = json.loads(_get(f"{api}/runs/search", {"experiment_ids": [experiment_id]}))["runs"]
         assert run["info"]["run_id"] == tiny_run_id and run["info"]["status"] == "FINISHED"
-        assert {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/bits_per_char", "train/clients"} \
-            <= {m["key"] for m in run["data"]["metrics"]}
+        assert {"eval/loss", "eval/accuracy", "eval/perplexity", "eval/bits_per_char", "train/clients"} <= {
+            m["key"] for m in run["data"]["metrics"]
+        }
         # max_results is needed: without it MLflow 3.5's server answers an empty first page (and a page token).
-        history = json.loads(_get(f"{api}/metrics/get-history?run_id={tiny_run_id}&metric_key=eval/accuracy"
-                                  f"&max_results=1000"))
+        history = json.loads(
+            _get(f"{api}/metrics/get-history?run_id={tiny_run_id}&metric_key=eval/accuracy&max_results=1000")
+        )
         assert sorted(m["step"] for m in history["metrics"]) == [0, 1, 2]
         listed = json.loads(_get(f"{api}/artifacts/list?run_id={tiny_run_id}&path=plots"))
         assert [f["path"] for f in listed["files"]] == [plots.RUN_FIGURE]
@@ -193,8 +210,11 @@ def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
     import asyncio
 
     progress = release.ProgressReleaseManager(total_rounds=1)
-    for value, key in (({"evaluation/loss": 1.9}, 0), ({"client_work/train/loss": 1.8}, 1),
-                       ({"evaluation/loss": 1.7}, 1)):
+    for value, key in (
+        ({"evaluation/loss": 1.9}, 0),
+        ({"client_work/train/loss": 1.8}, 1),
+        ({"evaluation/loss": 1.7}, 1),
+    ):
         # not asyncio.run: it leaves the thread without an event loop, which TFF's loop and fedlm's checkpoints use
         asyncio.get_event_loop().run_until_complete(progress.release(value, key))
     start, trained, final = capsys.readouterr().out.splitlines()
@@ -207,9 +227,14 @@ def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
 def test_params_are_the_chosen_options_and_only_their_keys(tiny_run_id):
     """A plain FedAvg run logs which option each group chose, and no key of an option it did not choose."""
     params = mlflow.get_run(tiny_run_id).data.params
-    assert {k: params[k] for k in ("aggregator", "algorithm", "optimizer", "sampling", "client_weighting", "eval")} \
-        == {"aggregator": "mean", "algorithm": "fedavg", "optimizer": "sgd", "sampling": "uniform",
-            "client_weighting": "num_examples", "eval": "keras"}
+    assert {k: params[k] for k in ("aggregator", "algorithm", "optimizer", "sampling", "client_weighting", "eval")} == {
+        "aggregator": "mean",
+        "algorithm": "fedavg",
+        "optimizer": "sgd",
+        "sampling": "uniform",
+        "client_weighting": "num_examples",
+        "eval": "keras",
+    }
     not_chosen = [k for k in params if k.startswith(("aggregator.", "algorithm.", "sampling.", "client_weighting."))]
     assert not not_chosen, not_chosen  # mean, fedavg, uniform, num_examples have no keys of their own
     assert not [k for k in params if k.endswith(("._target_", "._partial_"))]
@@ -217,15 +242,28 @@ def test_params_are_the_chosen_options_and_only_their_keys(tiny_run_id):
 
 
 def test_run_params_add_the_choices_and_drop_how_options_are_built_and_the_machine():
-    flat = {"aggregator._target_": "fedlm.fl.aggregators.dp", "aggregator._partial_": True,
-            "aggregator.noise_multiplier": 0.5, "rounds": 3, "cache_dir": "/home/x/.cache/fedlm",
-            "runtime.max_concurrent_clients": 2, "pretrain.log_every": 100, "pretrain.steps": 500}
+    flat = {
+        "aggregator._target_": "fedlm.fl.aggregators.dp",
+        "aggregator._partial_": True,
+        "aggregator.noise_multiplier": 0.5,
+        "rounds": 3,
+        "cache_dir": "/home/x/.cache/fedlm",
+        "runtime.max_concurrent_clients": 2,
+        "pretrain.log_every": 100,
+        "pretrain.steps": 500,
+    }
     choices = {"aggregator": "dp", "hydra/launcher": "basic", "experiment": None}
-    assert store.run_params(flat, choices) == {"aggregator": "dp", "aggregator.noise_multiplier": 0.5, "rounds": 3,
-                                               "pretrain.steps": 500}
-    assert store.machine_tags(flat) == {"fedlm.config.cache_dir": "/home/x/.cache/fedlm",
-                                        "fedlm.config.runtime.max_concurrent_clients": "2",
-                                        "fedlm.config.pretrain.log_every": "100"}
+    assert store.run_params(flat, choices) == {
+        "aggregator": "dp",
+        "aggregator.noise_multiplier": 0.5,
+        "rounds": 3,
+        "pretrain.steps": 500,
+    }
+    assert store.machine_tags(flat) == {
+        "fedlm.config.cache_dir": "/home/x/.cache/fedlm",
+        "fedlm.config.runtime.max_concurrent_clients": "2",
+        "fedlm.config.pretrain.log_every": "100",
+    }
 
 
 @pytest.mark.e2e

@@ -1,4 +1,5 @@
 """Opening a new sqlite store through MLflow: Hydra's logging survives the schema migration, no ./mlruns."""
+
 from __future__ import annotations
 
 import logging
