@@ -115,7 +115,9 @@ def open_run(
         if figures := eval_figures(run_id):
             last, start, end = figures
             name = mlflow.get_run(run_id).info.run_name
-            mlflow.set_tag(
+            # By run id: the ledger's writer has ended the active run by now, and a fluent call would start another.
+            mlflow.MlflowClient().set_tag(
+                run_id,
                 tags.DESCRIPTION,
                 names.run_description(name, setup, overrides, start, end, last, f"runs:/{run_id}/{LOGGED_MODEL_NAME}"),
             )
