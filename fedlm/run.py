@@ -140,12 +140,12 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             except Exception as e:
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
             writer.finish("FINISHED", wait=True)
-    final = metrics.latest
-    print(
-        f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
-        f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}",
-        flush=True,
-    )
+        final = metrics.latest  # said inside the TFF context: leaving it is where a late signal stops the process
+        print(
+            f"final eval_loss {final['eval_loss']:.4f}  eval_accuracy {final['eval_accuracy']:.4f}  "
+            f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}",
+            flush=True,
+        )
     return float(final["eval_loss"])
 
 

@@ -20,8 +20,10 @@ from fedlm.tracking import names, store, sweep, tags
 from fedlm.tracking.artifacts import LOGGED_MODEL_NAME
 from fedlm.tracking.ledger import StoreWriter
 
-# System metrics say "Started monitoring system metrics." and more at INFO, at every run's start and end.
-logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+# System metrics say "Started monitoring system metrics." and more at INFO, at every run's start and end, and warn
+# (with the store's SQL error) when the store is briefly unavailable: they are best-effort; round metrics go through
+# the ledger (fedlm/tracking/ledger.py), which says so once.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:

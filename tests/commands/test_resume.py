@@ -149,8 +149,8 @@ def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     run = _only_run("huge_loss")
     assert run.info.status == "FAILED"
     client = mlflow.MlflowClient()
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]  # the bad round, logged
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_perplexity")] == [1]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1]  # the bad round, logged
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/perplexity")] == [1]
 
 
 def test_resumed_run_has_each_rounds_samples_once(tmp_path):
