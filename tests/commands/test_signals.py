@@ -90,5 +90,5 @@ def test_signals_after_the_last_round_let_the_run_finish_under_uv(tmp_path):
     assert "final eval_loss" in out and "(final evaluation)" in out, out[-3000:]
     run = _only_run("after_last_round")
     assert run.info.status == "FINISHED"
-    assert 3 in {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval_loss")}
+    assert 3 in {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/loss")}
     assert "model/final_model.h5" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}

@@ -112,13 +112,13 @@ def assert_every_step_once(client: mlflow.MlflowClient, run_id: str, rounds: int
     """Each round's metrics in the store, each step once (a replayed or recomputed step logged twice would show)."""
     steps = {
         key: sorted(m.step for m in client.get_metric_history(run_id, key))
-        for key in ("train_loss", "round_seconds", "eval_loss", "eval_accuracy")
+        for key in ("train/loss", "train/seconds", "eval/loss", "eval/accuracy")
     }
     assert steps == {
-        "train_loss": list(range(1, rounds + 1)),
-        "round_seconds": list(range(1, rounds + 1)),
-        "eval_loss": list(range(rounds + 1)),
-        "eval_accuracy": list(range(rounds + 1)),
+        "train/loss": list(range(1, rounds + 1)),
+        "train/seconds": list(range(1, rounds + 1)),
+        "eval/loss": list(range(rounds + 1)),
+        "eval/accuracy": list(range(rounds + 1)),
     }, steps
 
 
