@@ -113,10 +113,13 @@ def start_fedlm(
     module: str = "fedlm.run",
     python: list[str] | None = None,
     cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """`python -m <module>` (a fedlm entry point) in its own session (so the tests find everything it started).
     `python`: the command that runs Python, e.g. `UV_RUN`. No terminal on stdin, as under a scheduler (uv forwards
-    SIGINT only then)."""
+    SIGINT only then). `env`: added to the environment, which is this process's without the experiment that an
+    in-process test's `mlflow.set_experiment` put in $MLFLOW_EXPERIMENT_ID (a test that wants it sets it)."""
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"} | (env or {})
     proc = subprocess.Popen(
         [
             *(python or [sys.executable]),
@@ -127,6 +130,7 @@ def start_fedlm(
             f"hydra.sweep.dir={tmp_path}/sweep",
         ],
         cwd=cwd,
+        env=environment,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -154,9 +158,10 @@ def run_fedlm(
     module: str = "fedlm.run",
     run_dir: str = "run",
     cwd: Path = ROOT,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run `python -m <module>` in its own session, then assert nothing of that session is left running."""
-    proc = start_fedlm(args, tmp_path, run_dir, module, cwd=cwd)
+    proc = start_fedlm(args, tmp_path, run_dir, module, cwd=cwd, env=env)
     out, _ = proc.communicate(timeout=timeout)  # would hang here if an orphaned worker kept stdout open
     assert_session_ended(proc.pid)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out)

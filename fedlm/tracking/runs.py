@@ -86,6 +86,10 @@ def open_run(
     flat = schema.flat_config(cfg)
     params = store.run_params(flat, choices)
     if resume:
+        # The run's own experiment made active: MLflow otherwise takes the experiment of calls without one (the
+        # final model's metrics) from $MLFLOW_EXPERIMENT_ID -- which `mlflow.set_experiment` in any parent process
+        # sets, possibly for another store -- or experiment 0.
+        mlflow.set_experiment(experiment_id=mlflow.get_run(resume.run_id).info.experiment_id)
         active_run = mlflow.start_run(run_id=resume.run_id, log_system_metrics=True)
     else:
         summary = names.run_summary(choices, cfg.clients_per_round, overrides)

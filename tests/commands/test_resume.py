@@ -168,9 +168,14 @@ def test_resumed_run_has_each_rounds_samples_once(tmp_path):
     code, out = _interrupt_at(args, tmp_path, "run", 4, signal.SIGKILL)  # during round 4's samples
     assert code == -signal.SIGKILL
     assert RunDirectory(tmp_path / "run").rounds()[-1] == 2, out[-3000:]
-    resumed = run_fedlm([*args, "resume=true"], tmp_path, run_dir="resumed")
+    # From a shell where another tool's `mlflow.set_experiment` left $MLFLOW_EXPERIMENT_ID (here: none of this
+    # store's), which MLflow read when logging the final model's metrics, and failed the resumed run at its end.
+    stale = {"MLFLOW_EXPERIMENT_ID": "424242"}
+    resumed = run_fedlm([*args, "resume=true"], tmp_path, run_dir="resumed", env=stale)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
     assert "after round 2" in resumed.stdout and "Not all runs" not in resumed.stdout, resumed.stdout[-3000:]
     run = _only_run("samples_once")
+    (model,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert model.source_run_id == run.info.run_id and model.metrics  # in the run's experiment, with its metrics
     table = mlflow.MlflowClient().load_table(run.info.experiment_id, SAMPLES_TABLE, run_ids=[run.info.run_id])
     assert collections.Counter(table["round"]) == dict.fromkeys(range(5), 2)  # 2 prompts x 1 temperature a round
