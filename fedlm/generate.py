@@ -16,7 +16,7 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
-from fedlm.conf import schema
+from fedlm.conf import composition, schema
 from fedlm.conf.checks import check_bounds, check_model_file, check_prompt
 from fedlm.errors import ConfigError
 
@@ -166,6 +166,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("generate", sys.argv[1:])
     sys.argv = quote_free_text(sys.argv)
     _main()
 

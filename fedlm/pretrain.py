@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fedlm.conf import checks, schema
+from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError
 
 
@@ -26,6 +26,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("config", sys.argv[1:])
     _main()
 
 

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fedlm.conf import checks, schema
+from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError, RunFailed
 from fedlm.fl import runtime
 
@@ -165,6 +165,7 @@ def _main(cfg: DictConfig) -> float:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("config", sys.argv[1:])
     _main()
 
 
