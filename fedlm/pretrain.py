@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError
+from fedlm.fl import runtime
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -18,7 +19,11 @@ def _main(cfg: DictConfig) -> None:
         checks.validate(cfg)
         from fedlm.model import pretrain
 
-        print(pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir))
+        with runtime.startup("during pretraining: stopped (the model is cached only once complete)"):
+            path = pretrain.pretrained_model_path(
+                cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir
+            )
+        print(path)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

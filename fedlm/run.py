@@ -152,7 +152,8 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(cfg: DictConfig) -> float:
     try:
-        return run(cfg)
+        with runtime.startup():
+            return run(cfg)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
