@@ -137,6 +137,7 @@ class PretrainConfig:
     seq_length: int = count(100)
     learning_rate: float = constrained(0.003, gt=0.0)
     log_every: int = count(100)
+    seed: int = constrained(0, ge=0, lt=2**32)  # its own: runs of every `seed` start from the same model
 
 
 # ---- optimizers (tff.learning.optimizers; built without run-time arguments) -----------------------------
@@ -489,7 +490,6 @@ class GenerateConfig:
     temperature: float = constrained(1.0, ge=0.0)  # 0: greedy
     seed: int = constrained(0, ge=0)
     num_samples: int = count(1)
-    pretrained_seed: int = constrained(0, ge=0, lt=2**32)  # the run seed the pretrained model was made with
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 

