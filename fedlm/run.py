@@ -42,12 +42,14 @@ def run(cfg: DictConfig) -> float:
     from fedlm.fl import checkpoint
 
     startup.lap("imports")
-    init_path, init = experiment.build_starting_weights(cfg)
-    startup.lap("pretrained model")
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
+    # Locked before the starting model: a second process resuming the same run is refused now, not after the
+    # pretraining it would wait for (the lookup's own check cannot see a process that has not locked yet).
     with run_dir.locked():
         if resume is None:
             checkpoint.check_fresh(run_dir)
+        init_path, init = experiment.build_starting_weights(cfg)
+        startup.lap("pretrained model")
         return _train(cfg, source, init_path, init, run_dir, resume, startup)
 
 
