@@ -25,7 +25,8 @@ def run(cfg: DictConfig) -> float:
     """One experiment; returns the final eval loss (MLflow's `eval/loss`: what `hydra/sweeper=optuna` minimizes)."""
     checks.validate(cfg)
     startup = runtime.Stopwatch()
-    source = instantiate(cfg.data)(seed=cfg.seed, cache_dir=cfg.cache_dir)  # parsed, or read from the cache
+    partition = instantiate(cfg.partition)(seed=cfg.seed)  # how the plays become clients
+    source = instantiate(cfg.data)(partition=partition, seed=cfg.seed, cache_dir=cfg.cache_dir)  # or the cache's
     if source.population is not None:
         checks.check_population(cfg, *source.population)
     startup.lap("data")
