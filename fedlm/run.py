@@ -8,6 +8,7 @@ the experiment (fedlm/experiment.py), the rounds.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import hydra
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError, RunFailed
 from fedlm.fl import runtime
+from fedlm.tracking import sweep
 
 
 def run(cfg: DictConfig) -> float:
@@ -36,7 +38,20 @@ def run(cfg: DictConfig) -> float:
     from fedlm.tracking import store
 
     store.connect(cfg.mlflow.tracking_uri, cfg.mlflow.experiment_name)
-    resume = resume_lib.find_run_to_resume(cfg) if cfg.resume is not False else None
+    if cfg.resume is True and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # Continuing a stopped sweep: the jobs that finished are skipped, the others resume or start.
+        if finished := resume_lib.find_finished_run(cfg):
+            print(f"fedlm: resume=true: this job finished already (run {finished.run_id}, {finished.run_name})")
+            return finished.eval_loss
+        try:
+            resume = resume_lib.find_run_to_resume(cfg)
+        except ConfigError as e:
+            if not str(e).startswith("resume=true: no unfinished run"):
+                raise
+            print("fedlm: resume=true: this job had not started; starting it", flush=True)
+            resume = None
+    else:
+        resume = resume_lib.find_run_to_resume(cfg) if cfg.resume is not False else None
 
     # TensorFlow and TFF.
     from fedlm import experiment
@@ -154,9 +169,21 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(cfg: DictConfig) -> float:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and (signum := sweep.stop_requested(sweep.sweep_dir(HydraConfig.get()))):
+        print(f"fedlm: this job does not start: the sweep was stopped by {signal.Signals(signum).name}", flush=True)
+        sweep.record_not_started(sweep.sweep_dir(HydraConfig.get()), HydraConfig.get().overrides.task)
+        return float("nan")  # no result (Optuna records a failed trial)
     try:
         with runtime.startup():
             return run(cfg)
+    except runtime.Interrupted as e:
+        if not multirun:
+            raise
+        # The job ended KILLED, resumable; the sweep goes on to its end (no new job starts), where the parent run
+        # reports each job's end. Raised on, it would make joblib kill the other jobs' processes mid-round.
+        sweep.request_stop(sweep.sweep_dir(HydraConfig.get()), int(e.code) - 128)
+        return float("nan")
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -171,6 +198,8 @@ def main() -> None:
     schema.register()
     composition.exit_on_bad_command_line("config", sys.argv[1:])
     _main()
+    if sweep.stopped_by is not None:  # a stopped sweep's status, as a single run's: 130 for Ctrl-C, 143 for SIGTERM
+        raise SystemExit(128 + sweep.stopped_by)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,13 @@ import psutil
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def kill_children(timeout: float = 5.0) -> None:
-    """Terminate (then kill) all descendants of this process."""
-    children = psutil.Process().children(recursive=True)
+def kill_children(timeout: float = 5.0, keep_resource_tracker: bool = False) -> None:
+    """Terminate (then kill) all descendants of this process; but joblib's resource tracker if asked to keep it
+    (it exits on its own once its parent has; killed first, joblib's exit relaunches it, and the new one prints a
+    KeyError traceback for every resource the old one knew)."""
+    children = [
+        p for p in psutil.Process().children(recursive=True) if not (keep_resource_tracker and _is_resource_tracker(p))
+    ]
     for p in children:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
@@ -263,6 +267,46 @@ def concurrent_clients(setting: int | None, rnn_units: int) -> int:
     if cache is None:
         return cores
     return max(1, min(cores, cache // (2 * 12 * rnn_units**2)))
+
+
+def _is_resource_tracker(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return "resource_tracker" in " ".join(process.cmdline())
+    return False
+
+
+def _is_job_process(process: psutil.Process) -> bool:
+    """A launcher's worker running jobs (a joblib/loky worker), not its helpers (loky's resource tracker, which
+    must outlive the jobs) nor a TFF worker (which its job stops)."""
+    return "python" in process.name() and not _is_resource_tracker(process)
+
+
+def forward_stop_requests(on_request: Callable[[int], None]) -> None:
+    """In the process that launches a sweep's jobs: Ctrl-C and SIGTERM do not stop it (a launcher stopping would
+    kill its jobs' processes mid-round: joblib does), they are passed on to the jobs' processes, which stop after
+    their round; `on_request(signum)` records it, so that the jobs not started yet do not start, and the sweep ends
+    once the running ones have. The same request's copies (see REPEAT_WINDOW) are passed on once; a second request
+    is passed on too (the jobs then stop at once)."""
+    first: dict[str, float | int] = {}
+
+    def handler(signum: int, frame: types.FrameType | None) -> None:
+        now, name = _clock(), signal.Signals(signum).name
+        if not first:
+            first.update(signum=signum, at=now)
+            on_request(signum)
+            _say(
+                f"fedlm: got {name}: the sweep's running jobs stop after their round, the others do not start "
+                "(again to stop the running jobs at once)"
+            )
+        elif signum == first["signum"] and now - first["at"] < REPEAT_WINDOW:
+            return
+        for child in psutil.Process().children(recursive=False):  # each job's handler takes one copy per request
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if _is_job_process(child):
+                    os.kill(child.pid, signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 _in_startup = False  # inside `startup()` and before `tff_context`: a stop request stops at once

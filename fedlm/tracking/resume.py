@@ -63,6 +63,37 @@ class Resume:
     round: int  # the latest checkpoint: training continues with the round after it
 
 
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """`resume=true` in a multirun, for a job whose run already finished all its rounds: skipped."""
+
+    run_id: str
+    run_name: str
+    eval_loss: float  # its final one: what a sweeper minimizes
+
+
+def find_finished_run(cfg: Any) -> Finished | None:
+    """The latest FINISHED run of experiment `mlflow.experiment_name` with this config and all its rounds done."""
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment_name)
+    if experiment is None:
+        return None
+    current = flat_config(cfg)
+    for run in mlflow.search_runs(
+        [experiment.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    ):
+        directory = RunDirectory(run.data.tags.get(tags.RUN_DIR, "/nonexistent"))
+        try:
+            saved = directory.config() if directory.rounds() else None
+        except ConfigError:
+            continue
+        if saved is not None and saved.get("rounds") == cfg.rounds and not config_differences(saved, current):
+            return Finished(run.info.run_id, run.info.run_name, float(run.data.metrics.get("eval/loss", float("nan"))))
+    return None
+
+
 def find_run_to_resume(cfg: Any) -> Resume:
     """The run `cfg.resume` points at, checked: same config (but MUTABLE_KEYS), not running, has a checkpoint.
 

@@ -9,6 +9,7 @@ Imported by Hydra for every run, single runs too: keep it free of TensorFlow.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -102,6 +103,74 @@ def parent_description(config: DictConfig, children: Sequence[Any] = ()) -> str:
     return text
 
 
+STOP_FILE = ".stop_requested"  # in the sweep directory: a stop was asked for (the signal's number)
+NOT_STARTED_FILE = ".not_started"  # in the sweep directory: the jobs that did not start, one line each
+stopped_by: int | None = None  # in the launching process: the signal that stopped its sweep
+
+
+def record_not_started(directory: str, overrides: Sequence[str]) -> None:
+    with open(os.path.join(directory, NOT_STARTED_FILE), "a") as f:
+        f.write(" ".join(overrides) + "\n")
+
+
+def request_stop(directory: str, signum: int) -> None:
+    """Record that the sweep in `directory` was asked to stop: jobs not started yet will not start."""
+    path = os.path.join(directory, STOP_FILE)
+    if not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(str(signum))
+
+
+def stop_requested(directory: str) -> int | None:
+    """The signal that asked the sweep in `directory` to stop, if one did."""
+    try:
+        with open(os.path.join(directory, STOP_FILE)) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def stop_report(children_runs: Sequence[Any], directory: str, swept: Sequence[str]) -> list[str]:
+    """What a stopped sweep's jobs became: `seed=0: KILLED after round 2`, one line per child run, then the jobs
+    that did not start (by their swept values)."""
+    import mlflow
+
+    client, lines = mlflow.MlflowClient(), []
+    for child in children_runs:
+        rounds = [m.step for m in client.get_metric_history(child.info.run_id, names.metric("train_loss"))]
+        done = f" after round {max(rounds)}" if rounds else " before its first round"
+        lines.append(f"{child.info.run_name}: {child.info.status}{done if child.info.status != 'FINISHED' else ''}")
+    try:
+        with open(os.path.join(directory, NOT_STARTED_FILE)) as f:
+            jobs = [line.split() for line in f if line.strip()]
+    except OSError:
+        jobs = []
+    for overrides in jobs:
+        values = [o for o in overrides if o.partition("=")[0] in swept] or overrides
+        lines.append(f"{' '.join(values)}: not started")
+    return lines
+
+
+def _without_resume(overrides: Sequence[str]) -> list[str]:
+    return [o for o in overrides if not o.startswith("resume=")]
+
+
+def _stopped_parent(experiment_id: str, overrides: Sequence[str]):
+    """The latest parent run of a sweep with these overrides (but `resume=`) that did not finish, if any."""
+    import mlflow
+
+    for run in mlflow.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{tags.SWEEP_ROLE}` = 'parent' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    ):
+        if _without_resume(run.data.tags.get(tags.SWEEP_OVERRIDES, "").split()) == _without_resume(overrides):
+            return run
+    return None
+
+
 def find_parent_run(experiment_id: str, directory: str):
     """The parent run (an `mlflow.entities.Run`) of the multirun in `directory`, if the callback created one."""
     import mlflow
@@ -137,13 +206,23 @@ class MlflowSweepCallback(Callback):
         import mlflow
         from mlflow.entities import Param
 
-        from fedlm.fl import runtime
         from fedlm.tracking import store
 
         mlflow.set_tracking_uri(store.tracking_uri_or_default(config.mlflow.tracking_uri))
         experiment = store.get_or_create_experiment(config.mlflow.experiment_name)
         definition = sweep_definition(config)
         client = mlflow.MlflowClient()
+        if "resume=true" in definition["overrides"] and (
+            previous := _stopped_parent(experiment.experiment_id, definition["overrides"])
+        ):
+            # Continuing a stopped sweep: its parent, reopened; the resumed jobs are its children already, and
+            # the jobs starting now find it by the new sweep directory.
+            self._parent_id, self._experiment_id = previous.info.run_id, experiment.experiment_id
+            client.update_run(self._parent_id, status="RUNNING")
+            client.set_tag(self._parent_id, tags.SWEEP_DIR, sweep_dir(config.hydra))
+            print(f"MLflow sweep parent run {self._parent_id} ({previous.info.run_name}) reopened", flush=True)
+            self._watch(config)
+            return
         parent = client.create_run(
             experiment.experiment_id,
             run_name=sweep_name(config),
@@ -167,13 +246,25 @@ class MlflowSweepCallback(Callback):
         client.log_batch(self._parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         client.set_tag(self._parent_id, tags.DESCRIPTION, parent_description(config))
         print(f"MLflow sweep parent run {self._parent_id} ({sweep_name(config)})", flush=True)
+        self._watch(config)
+
+    def _watch(self, config: DictConfig) -> None:
+        from fedlm.fl import runtime
+
         # If a job fails, Hydra raises before on_multirun_end: the parent must not stay RUNNING, and a parallel
         # launcher's worker processes must not outlive us.
         atexit.register(self._terminate, "FAILED")
-        atexit.register(runtime.kill_children)
+        atexit.register(runtime.kill_children, keep_resource_tracker=True)
+        directory = sweep_dir(config.hydra)
+        for name in (STOP_FILE, NOT_STARTED_FILE):  # an earlier sweep's, in the same directory: not this one's
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+        runtime.forward_stop_requests(lambda signum: request_stop(directory, signum))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from fedlm.fl import runtime
+
+        stopped = stop_requested(sweep_dir(config.hydra))
 
         if self._parent_id is not None:
             from fedlm.tracking import plots
@@ -186,9 +277,31 @@ class MlflowSweepCallback(Callback):
                 self._describe_results(config)
             except Exception as e:
                 print(f"fedlm: could not describe the results in run {self._parent_id}: {e!r}", flush=True)
-        self._terminate("FINISHED")
+        if stopped is not None:
+            self._report_stop(config, stopped)
+        self._terminate("FINISHED" if stopped is None else "KILLED")
         # joblib's (loky's) workers idle on after the sweep and exit only some time after we do: end them now.
-        runtime.kill_children(timeout=2.0)
+        runtime.kill_children(timeout=2.0, keep_resource_tracker=True)
+        global stopped_by
+        stopped_by = stopped  # the command exits with it once Hydra is done (fedlm/run.py)
+
+    def _report_stop(self, config: DictConfig, signum: int) -> None:
+        """Each job's fate, and the command that continues the sweep."""
+        import signal
+
+        try:
+            done = children(self._experiment_id, self._parent_id)
+            lines = stop_report(done, sweep_dir(config.hydra), swept_keys(config))
+        except Exception as e:  # the store is for the record; the jobs printed their own ends
+            lines = [f"(could not read the jobs' runs: {e!r})"]
+        print(f"fedlm: the sweep was stopped by {signal.Signals(signum).name}:", flush=True)
+        for line in lines:
+            print(f"  {line}", flush=True)
+        again = " ".join(o for o in config.hydra.overrides.task if not o.startswith("resume="))
+        print(
+            f"fedlm: continue it with: python -m fedlm.run -m {again} resume=true (the finished jobs are skipped)",
+            flush=True,
+        )
 
     def _describe_results(self, config: DictConfig) -> None:
         """The parent's description, now with the children's results, and its best child as a tag."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+
 import mlflow
 import pytest
 import yaml
 
-from tests.conftest import TINY, run_fedlm
+from tests.conftest import TINY, UV_RUN, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 SWEEP = ["optimizer=sgd,adam", "client_weighting=num_examples,uniform"]
 
@@ -112,3 +116,42 @@ def test_a_locked_sqlite_store_is_waited_out_not_lost(tmp_path):
     finally:
         released.wait()
         holder.close()
+
+
+@pytest.mark.e2e
+def test_ctrl_c_stops_a_joblib_sweep_job_by_job_and_resume_true_completes_it(tmp_path):
+    """Ctrl-C (SIGINT to the process group, through `uv run`) in a 3-job sweep on 2 joblib workers: the running
+    jobs end KILLED with their checkpoints (joblib used to kill their processes mid-round: RUNNING, lost), the third
+    does not start, the parent is KILLED and says what became of each job; `-m … resume=true` then continues the
+    same parent: the stopped jobs resume, the third starts, all finish."""
+    args = ["-m", *TINY, "rounds=4", "sample_every=2", "sample_length=500", "seed=0,1,2"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "mlflow.experiment_name=stopped_sweep"]
+    proc = start_fedlm(args, tmp_path, python=UV_RUN)
+    before = read_until(proc, r"^round +1/")
+    os.killpg(proc.pid, signal.SIGINT)
+    after, _ = proc.communicate(timeout=600)
+    assert_session_ended(proc.pid)
+    out = before + after
+    assert proc.returncode == 130, out[-5000:]
+    assert "Traceback" not in out, out[-5000:]
+    report = out[out.index("fedlm: the sweep was stopped by SIGINT:") :].splitlines()
+    assert sorted(report[1:3]) == [
+        f"  seed={s}: KILLED after round {r}" for s, r in sorted(_killed_rounds(out).items())
+    ], report
+    assert report[3] == "  seed=2: not started" and "resume=true" in report[4], report
+    parent, children = sweep_runs("stopped_sweep")
+    assert parent.info.status == "KILLED" and sorted(c.info.status for c in children) == ["KILLED", "KILLED"]
+
+    resumed = run_fedlm([*args, "resume=true"], tmp_path, run_dir="again")
+    assert resumed.returncode == 0, resumed.stdout[-5000:]
+    assert f"MLflow sweep parent run {parent.info.run_id}" in resumed.stdout and "reopened" in resumed.stdout
+    again, children = sweep_runs("stopped_sweep")
+    assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["seed=0", "seed=1", "seed=2"]
+    assert_full_history(children, rounds=4)
+
+
+def _killed_rounds(out: str) -> dict[int, int]:
+    """{seed: last checkpoint round} from the jobs' own `stopped by SIGINT` lines."""
+    found = re.findall(r"marked KILLED; last checkpoint: round (\d+) in \S+/(\d+)/checkpoints", out)
+    return {int(job): int(round_num) for round_num, job in found}
