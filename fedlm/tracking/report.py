@@ -216,9 +216,8 @@ class Report:
 
     @property
     def title(self) -> str:
-        where = [f"parent run {self.parent_id}"] * bool(self.parent_id) + [f"experiment {self.experiment}"] * bool(
-            self.experiment
-        )
+        where = [f"parent run {self.parent_id}"] if self.parent_id else []
+        where += [f"experiment {self.experiment}"] if self.experiment else []
         return f"Sweep {self.sweep}" + (f" ({', '.join(where)})" if where else "")
 
     def text(self) -> str:
