@@ -250,3 +250,18 @@ def test_bad_parents_are_named_with_what_to_give(known_sweep):
             command.read(_config(known_sweep, *overrides))
     with pytest.raises(ConfigError, match=r"mlflow.tracking_uri='sqlite:////no/such.db': no such store"):
         command.read(compose_config(["mlflow.tracking_uri=sqlite:////no/such.db"], "report"))
+
+
+def test_a_groups_curve_is_its_mean_and_interval_per_round_and_repeated_seeds_are_noted():
+    runs = [
+        report.ChildRun(f"id{i}", "", {"seed": str(seed)}, {0: 2.0, 1: loss}, {0: 0.4, 1: acc})
+        for i, (seed, loss, acc) in enumerate([(0, 1.8, 0.45), (1, 1.7, 0.47), (1, 1.75, 0.5)])
+    ]
+    result = report.build(runs)
+    (group,) = result.groups
+    (_, start), (_, end) = group.curve("eval/accuracy", 0.95)
+    assert (start.mean, start.half_width) == pytest.approx((0.4, 0.0))
+    x = np.array([0.45, 0.47, 0.5])
+    assert (end.low, end.high) == pytest.approx(stats.t.interval(0.95, 2, x.mean(), stats.sem(x)))
+    assert group.label == "all runs" and "all runs: seed 1 more than once" in result.text()
+    assert not result.comparisons and "Welch" not in result.text()
