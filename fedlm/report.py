@@ -28,7 +28,7 @@ def read(cfg: DictConfig):
     validate(cfg)
     from fedlm.tracking import report, store
 
-    uri = store.open_existing(cfg.mlflow.tracking_uri, " (the one the sweep ran with)")
+    uri = store.open_existing(cfg.mlflow.tracking_uri)
     return report.read(
         str(cfg.parent),
         cfg.mlflow.experiment_name,
