@@ -43,13 +43,7 @@ def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
 
     from fedlm.tracking import store, tags
 
-    uri = store.tracking_uri_or_default(cfg.mlflow.tracking_uri)
-    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///") :]):  # MLflow would create it
-        raise ConfigError(
-            f"mlflow.tracking_uri={uri!r}: no such store (no file {uri[len('sqlite:///') :]}); "
-            "give the store your runs were logged to (or model_file=, pretrained=true)"
-        )
-    mlflow.set_tracking_uri(uri)
+    uri = store.open_existing(cfg.mlflow.tracking_uri, " (or model_file=, pretrained=true)")
     client = mlflow.MlflowClient()
     if cfg.run_id is not None:
         try:

@@ -20,7 +20,7 @@ LAYERS = [
     ("fl", ["fedlm.fl"]),
     ("tracking", ["fedlm.tracking"]),
     ("experiment", ["fedlm.experiment"]),
-    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.bench"]),
+    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench"]),
 ]
 COMMANDS = dict(LAYERS)["commands"]
 
@@ -51,6 +51,7 @@ LIGHT = [
     "fedlm.run",
     "fedlm.pretrain",
     "fedlm.generate",
+    "fedlm.report",
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")
 

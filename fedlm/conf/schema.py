@@ -487,6 +487,14 @@ class MlflowConfig:
 
 
 @dataclass
+class ReportTarget:
+    """What `python -m fedlm.report` measures a sweep of these runs against; training does not read it. In the run's
+    config so that an experiment file can state its paper's target (McMahan et al. 2017: 54% on Shakespeare)."""
+
+    target_accuracy: float = constrained(0.5, gt=0.0, le=1.0)  # rounds to reach this eval/accuracy
+
+
+@dataclass
 class FedlmConfig:
     data: Any = MISSING  # each group: one of its options (GROUPS), chosen by the defaults list
     partition: Any = MISSING
@@ -519,6 +527,7 @@ class FedlmConfig:
     checkpoint_every: int = count(1)
     checkpoint_keep: int = count(2)
     resume: Any = False  # true, false, a run directory or an MLflow run id (fedlm/tracking/resume.py)
+    report: ReportTarget = field(default_factory=ReportTarget)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
@@ -543,13 +552,30 @@ class GenerateConfig:
     cache_dir: str = MISSING
 
 
+@dataclass
+class ReportOptions:
+    # null: the runs' own report.target_accuracy (their config's; 0.5 unless an experiment file sets it)
+    target_accuracy: Optional[float] = constrained(None, gt=0.0, le=1.0)
+    confidence: float = constrained(0.95, gt=0.0, lt=1.0)  # of the intervals (Student's t)
+
+
+@dataclass
+class ReportConfig:
+    """`python -m fedlm.report` (conf/report.yaml): which sweep, and what to measure it against."""
+
+    parent: str = "latest"  # a sweep's parent run id, or latest: the last sweep started in mlflow.experiment_name
+    report: ReportOptions = field(default_factory=ReportOptions)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
 def register() -> None:
     """Put the schemas in Hydra's ConfigStore: `fedlm_schema` for config.yaml, `generate_schema` for generate.yaml,
-    `schema/<group>/<option>` for every option that a YAML file under conf/<group>/ extends. Every command calls
-    this before Hydra composes (and tests/conftest.py, for tests that compose)."""
+    `report_schema` for report.yaml, `schema/<group>/<option>` for every option that a YAML file under conf/<group>/
+    extends. Every command calls this before Hydra composes (and tests/conftest.py, for tests that compose)."""
     store = ConfigStore.instance()
     store.store(name="fedlm_schema", node=FedlmConfig)
     store.store(name="generate_schema", node=GenerateConfig)
+    store.store(name="report_schema", node=ReportConfig)
     for name, schema in OPTIMIZER_SCHEMAS.items():
         store.store(group="schema/optimizer", name=name, node=schema)
     for group, options in GROUPS.items():

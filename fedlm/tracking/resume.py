@@ -17,9 +17,11 @@ from fedlm.errors import ConfigError
 from fedlm.fl.checkpoint import RunDirectory
 from fedlm.tracking import tags
 
-# Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed).
+# Keys a resumed run may change: they do not change what the finished rounds computed (where files go, speed, what the
+# report measures against: runs started before that key existed resume too).
 MUTABLE_KEYS = (
     "rounds",
+    "report.target_accuracy",
     "resume",
     "checkpoint_every",
     "checkpoint_keep",

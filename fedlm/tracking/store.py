@@ -160,6 +160,20 @@ def tracking_uri_or_default(uri: str | None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
 
 
+def open_existing(uri: str | None, instead: str = "") -> str:
+    """Use the store that holds runs already (`fedlm.generate`, `fedlm.report` read it): `mlflow.tracking_uri`, or
+    $MLFLOW_TRACKING_URI, or the default store. A sqlite file that does not exist is refused, naming it, rather than
+    created empty by MLflow; `instead`: what else the command takes. The URI."""
+    uri = tracking_uri_or_default(uri)
+    if uri.startswith("sqlite:///") and not os.path.isfile(uri[len("sqlite:///") :]):
+        raise ConfigError(
+            f"mlflow.tracking_uri={uri!r}: no such store (no file {uri[len('sqlite:///') :]}); "
+            f"give the store your runs were logged to{instead}"
+        )
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def connect(uri: str | None, experiment_name: str) -> str:
     """Use `mlflow.tracking_uri` (or $MLFLOW_TRACKING_URI, or the default store) in this process, checked first:
     results need somewhere to go before any work starts (preflight.check_tracking_store), and a deleted experiment

@@ -281,6 +281,14 @@ def federated_text():
     return shakespeare.build_federated_text(shakespeare.load_plays(), ["histories"], 0.2, seed=0)
 
 
+def _sweep_values(override: str) -> list[str]:
+    """The values a sweeper param stands for, as Hydra reads it: `a,b`, `range(3)`, or one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_override(override)
+    return list(parsed.sweep_string_iterator()) if parsed.is_sweep_override() else [override.partition("=")[2]]
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_and_each_of_its_sweep_values_is_valid_for_the_dataset(experiment, federated_text):
     """Typos in an experiment file (a key, a value, a client id) fail here, not an hour into a sweep."""
@@ -291,7 +299,7 @@ def test_every_experiment_and_each_of_its_sweep_values_is_valid_for_the_dataset(
         cfg = compose(config_name="config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
         params = dict(cfg.hydra.sweeper.get("params") or {})
         if cfg.hydra.sweeper._target_.endswith("BasicSweeper"):  # Optuna's params are distributions, not lists
-            runs = [[f"{k}={v}"] for k, values in params.items() for v in str(values).split(",")]
+            runs = [[f"{k}={v}"] for k, values in params.items() for v in _sweep_values(f"{k}={values}")]
         else:
             runs = [[]]
         for extra in runs:
