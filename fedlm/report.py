@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fedlm.conf import schema
+from fedlm.conf import composition, schema
 from fedlm.conf.checks import check_bounds
 from fedlm.errors import ConfigError
 
@@ -60,6 +60,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("report", sys.argv[1:])
     _main()
 
 
