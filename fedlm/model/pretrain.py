@@ -1,8 +1,10 @@
-"""Central pretraining on public text: the starting model that federated training fine-tunes, cached by what it
-depends on (the model, the pretraining settings, the corpus, the seed)."""
+"""The starting model that federated training fine-tunes: central pretraining on public text, cached by what it
+depends on (the model, the pretraining settings, the corpus, the seed); or (`model.init=random`) a seeded random
+initialization, as the papers start from; or a Keras file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -13,7 +15,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm import vocab
-from fedlm.conf import preflight
+from fedlm.conf import preflight, schema
 from fedlm.data.shakespeare import load_plays
 from fedlm.errors import ConfigError
 from fedlm.model import char_rnn
@@ -62,10 +64,19 @@ def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
     return text
 
 
+def _model_key(model: DictConfig) -> dict[str, Any]:
+    """What of the model config a cached start depends on. Cell and depth only when not the one-GRU default, so
+    the cache keys of the models from before `model.cell`/`model.layers` stay valid."""
+    key: dict[str, Any] = {k: model[k] for k in ("embedding_dim", "rnn_units")}
+    if (model.cell, model.layers) != (schema.RnnCell.gru, 1):
+        key |= {"cell": model.cell.value, "layers": model.layers}
+    return key
+
+
 def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str) -> str:
     """Where the pretrained model for this model + pretraining + corpus + seed is cached."""
     key: dict[str, Any] = {
-        "model": {k: model[k] for k in ("embedding_dim", "rnn_units")},
+        "model": _model_key(model),
         "pretrain": OmegaConf.to_container(pretrain, resolve=True),
         "proxy_genres": list(proxy_genres),
         "vocab": vocab.VOCAB_SIZE,
@@ -97,7 +108,7 @@ def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequen
         .map(lambda s: (s[:, :-1], s[:, 1:]))
         .prefetch(2)
     )
-    keras_model = char_rnn.build_model(model.embedding_dim, model.rnn_units, model.gru.value)
+    keras_model = char_rnn.build_configured(model)
     keras_model.compile(
         optimizer=tf.keras.optimizers.Adam(pretrain.learning_rate),
         loss=MaskedCrossEntropy(),
@@ -120,21 +131,48 @@ def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
         weights = tf.keras.models.load_model(path, compile=False).get_weights()
     except Exception as e:  # h5py and Keras raise OSError, ValueError, KeyError, ... for a damaged file
         raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-    V, E, H = vocab.VOCAB_SIZE, model.embedding_dim, model.rnn_units
-    # Embedding; GRU kernel, recurrent kernel, bias (reset_after: input and recurrent biases); Dense kernel, bias.
-    want = [(V, E), (E, 3 * H), (H, 3 * H), (2, 3 * H), (H, V), (V,)]
+    want = char_rnn.ModelSizes.of(model).weight_shapes()
     if [tuple(w.shape) for w in weights] != want:
         raise ValueError(f"weight shapes {[tuple(w.shape) for w in weights]}, expected {want}")
     return weights
 
 
+def random_start_path(model: DictConfig, seed: int, cache_dir: str) -> str:
+    """Where the random initialization of this model and seed is kept (the run's start, named by its tag)."""
+    key = {"model": _model_key(model), "vocab": vocab.VOCAB_SIZE, "seed": seed}
+    return os.path.join(cache_dir, "random", f"{model.name}-{digest(key)}.h5")
+
+
+def random_start(model: DictConfig, seed: int, cache_dir: str) -> tuple[str, InitialWeights]:
+    """`model.init=random`: Keras's default initializers (Glorot-uniform kernels, orthogonal recurrent kernels,
+    zero biases, the LSTM's forget-gate bias 1), seeded by `seed`, no pretraining -- as McMahan et al. 2017, LEAF
+    and Reddi et al. 2020 start. Saved like a pretrained start, so the run's `fedlm.model_init` names the file its
+    weights came from; made again if the file is missing or damaged."""
+    path = random_start_path(model, seed, cache_dir)
+    sizes = char_rnn.ModelSizes.of(model)
+    note = f"model.init=random: {sizes.describe()} from Keras's initializers seeded by seed={seed}, no pretraining"
+    if os.path.exists(path):
+        with contextlib.suppress(ValueError):  # damaged: made again below
+            return path, InitialWeights(read_cached_model(path, model), sizes, [f"{note}; {path}"])
+    preflight.check_writable_dir(os.path.dirname(path), "cache_dir (random starts)")
+    tf.keras.utils.set_random_seed(seed)
+    keras_model = char_rnn.build_configured(model)
+    with atomic_path(path, suffix=".h5") as tmp:
+        char_rnn.save_model(keras_model, tmp)
+    return path, InitialWeights(keras_model.get_weights(), sizes, [f"{note}; saved at {path}"])
+
+
 def load_pretrained(
     model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
 ) -> tuple[str, InitialWeights]:
-    """The starting model, read and checked once: `model.init` if given, else the cached pretrained model,
-    pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError)."""
+    """The starting model, read and checked once: `model.init` if given (a file, or `random`), else the cached
+    pretrained model, pretrained first if missing, and again if the cached file is damaged (a read-only cache:
+    ConfigError)."""
+    sizes = char_rnn.ModelSizes.of(model)
+    if model.init == schema.RANDOM_INIT:
+        return random_start(model, seed, cache_dir)
     if model.init is not None:
-        return model.init, load_keras_file(model.init, "model.init", model.embedding_dim, model.rnn_units)
+        return model.init, load_keras_file(model.init, "model.init", sizes)
     path = cache_path(model, pretrain, proxy_genres, seed, cache_dir)
     damage = None
     if os.path.exists(path):
@@ -144,7 +182,7 @@ def load_pretrained(
             damage = str(e)
         else:
             print(f"using cached pretrained model {path}", flush=True)
-            return path, InitialWeights(weights, model.embedding_dim, model.rnn_units)
+            return path, InitialWeights(weights, sizes)
     key = "cache_dir (pretrained models)"
     try:  # before pretraining, not after it
         preflight.check_writable_dir(os.path.dirname(path), key)
@@ -164,13 +202,14 @@ def load_pretrained(
     with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
         char_rnn.save_model(keras_model, tmp)
     print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
-    return path, InitialWeights(keras_model.get_weights(), model.embedding_dim, model.rnn_units)
+    return path, InitialWeights(keras_model.get_weights(), sizes)
 
 
 def pretrained_model_path(
     model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
 ) -> str:
-    """`model.init` if given, else the cached pretrained model, pretraining it first if missing or damaged."""
-    if model.init is not None:
+    """`model.init` if a file, else the cached pretrained model (pretraining it first if missing or damaged) or,
+    for `model.init=random`, the random start's file."""
+    if model.init is not None and model.init != schema.RANDOM_INIT:
         return model.init
     return load_pretrained(model, pretrain, proxy_genres, seed, cache_dir)[0]
