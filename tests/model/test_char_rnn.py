@@ -114,3 +114,20 @@ def test_random_init_is_seeded_saved_and_named(tmp_path):
     other_path, other = pretrain.load_pretrained(*args, 1, str(tmp_path))
     assert other_path != path and not np.allclose(other.weights[1], init.weights[1])
     assert pretrain.load_pretrained(*args, 0, str(tmp_path))[0] == path  # made once, then read
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_pretraining_a_stacked_lstm_caches_it_apart_from_the_gru(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 20)
+    common = ["model=tiny", f"pretrain.corpus={corpus}", "pretrain.steps=2", "pretrain.batch_size=2"]
+    lstm = compose_config([*common, "pretrain.seq_length=10", "model.cell=lstm", "model.layers=2"])
+    gru = compose_config([*common, "pretrain.seq_length=10"])
+    args = (lstm.pretrain, lstm.data.proxy_genres, 0, str(tmp_path))
+    assert pretrain.cache_path(lstm.model, *args) != pretrain.cache_path(gru.model, *args)
+    path, init = pretrain.load_pretrained(lstm.model, *args)
+    assert path == pretrain.cache_path(lstm.model, *args) and init.sizes == char_rnn.ModelSizes(8, 16, "lstm", 2)
+    cached = pretrain.read_cached_model(path, lstm.model)  # checked against the LSTM stack's shapes
+    assert all(np.array_equal(a, b) for a, b in zip(cached, init.weights))
+    with pytest.raises(ValueError, match="weight shapes"):
+        pretrain.read_cached_model(path, gru.model)
