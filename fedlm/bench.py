@@ -533,7 +533,12 @@ def main(argv: list[str] | None = None) -> None:
         f"load {settings['load_at_start']:.2f}",
         flush=True,
     )
-    text = shakespeare.load_federated_text(cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir)
+    from hydra.utils import instantiate
+
+    partition = instantiate(cfg0.partition)(seed=cfg0.seed)  # as `python -m fedlm.run` deals the clients
+    text = shakespeare.load_federated_text(
+        cfg0.data.proxy_genres, cfg0.data.test_fraction, cfg0.seed, cfg0.cache_dir, partition
+    )
     client_data = client_data_lib.to_client_data(text.train)
     results, memory = [], None
     for cfg in cfgs:  # a TFF worker per size: the default clients at once depends on the size

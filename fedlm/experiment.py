@@ -28,7 +28,7 @@ from fedlm.model import char_rnn, pretrain, starting_weights
 def build_starting_weights(cfg: DictConfig) -> tuple[str, starting_weights.InitialWeights]:
     """The file the run starts from (`model.init`, or the cached pretrained model, pretrained first if missing or
     damaged) and its weights, checked to fit the configured model (ConfigError if not)."""
-    return pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
+    return pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir, seed=cfg.seed)
 
 
 def build_keras_model_fn(model: DictConfig) -> Callable[[], tf.keras.Model]:

@@ -16,7 +16,7 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
-from fedlm.conf import schema
+from fedlm.conf import composition, schema
 from fedlm.conf.checks import check_bounds, check_model_file, check_prompt
 from fedlm.errors import ConfigError
 
@@ -88,20 +88,19 @@ def _run_model_file(cfg: DictConfig, dst: str) -> tuple[str, str]:
 def _pretrained_model_file(cfg: DictConfig) -> tuple[str, str]:
     from fedlm.model import pretrain
 
-    # The pretraining seed, not the sampling one.
-    path = pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.pretrained_seed, cfg.cache_dir)
+    path = pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir)
     if not os.path.exists(path):
         raise ConfigError(
-            f"pretrained=true: no pretrained model cached for model={cfg.model.name} pretrained_seed="
-            f"{cfg.pretrained_seed} (looked for {path}); create it with `python -m fedlm.pretrain "
-            f"model={cfg.model.name} seed={cfg.pretrained_seed}` (plus the same pretrain.*/data.* overrides)"
+            f"pretrained=true: no pretrained model cached for model={cfg.model.name} pretrain.seed="
+            f"{cfg.pretrain.seed} (looked for {path}); create it with `python -m fedlm.pretrain "
+            f"model={cfg.model.name}` (plus the same pretrain.*/data.* overrides)"
         )
     try:
         pretrain.read_cached_model(path, cfg.model)
     except ValueError as e:
         raise ConfigError(
             f"pretrained=true: the cached pretrained model {path} is damaged ({e}); `python -m fedlm.pretrain "
-            f"model={cfg.model.name} seed={cfg.pretrained_seed}` (plus the same pretrain.*/data.* overrides) "
+            f"model={cfg.model.name}` (plus the same pretrain.*/data.* overrides) "
             "pretrains it again"
         ) from e
     return path, f"pretrained model {path}"
@@ -166,6 +165,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("generate", sys.argv[1:])
     sys.argv = quote_free_text(sys.argv)
     _main()
 

@@ -8,8 +8,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from fedlm.conf import checks, schema
+from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError
+from fedlm.fl import runtime
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -18,7 +19,11 @@ def _main(cfg: DictConfig) -> None:
         checks.validate(cfg)
         from fedlm.model import pretrain
 
-        print(pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir))
+        with runtime.startup("during pretraining: stopped (the model is cached only once complete)"):
+            path = pretrain.pretrained_model_path(
+                cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir, seed=cfg.seed
+            )
+        print(path)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -26,6 +31,7 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("config", sys.argv[1:])
     _main()
 
 

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fedlm.conf import checks, schema
+from fedlm.conf import checks, composition, schema
 from fedlm.errors import ConfigError, RunFailed
 from fedlm.fl import runtime
 
@@ -25,7 +25,8 @@ def run(cfg: DictConfig) -> float:
     """One experiment; returns the final eval loss (MLflow's `eval/loss`: what `hydra/sweeper=optuna` minimizes)."""
     checks.validate(cfg)
     startup = runtime.Stopwatch()
-    source = instantiate(cfg.data)(seed=cfg.seed, cache_dir=cfg.cache_dir)  # parsed, or read from the cache
+    partition = instantiate(cfg.partition)(seed=cfg.seed)  # how the plays become clients
+    source = instantiate(cfg.data)(partition=partition, seed=cfg.seed, cache_dir=cfg.cache_dir)  # or the cache's
     if source.population is not None:
         checks.check_population(cfg, *source.population)
     startup.lap("data")
@@ -42,12 +43,14 @@ def run(cfg: DictConfig) -> float:
     from fedlm.fl import checkpoint
 
     startup.lap("imports")
-    init_path, init = experiment.build_starting_weights(cfg)
-    startup.lap("starting model")
     run_dir = resume.directory if resume else checkpoint.RunDirectory(HydraConfig.get().runtime.output_dir)
+    # Locked before the starting model: a second process resuming the same run is refused now, not after the
+    # pretraining it would wait for (the lookup's own check cannot see a process that has not locked yet).
     with run_dir.locked():
         if resume is None:
             checkpoint.check_fresh(run_dir)
+        init_path, init = experiment.build_starting_weights(cfg)
+        startup.lap("starting model")
         return _train(cfg, source, init_path, init, run_dir, resume, startup)
 
 
@@ -154,7 +157,8 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def _main(cfg: DictConfig) -> float:
     try:
-        return run(cfg)
+        with runtime.startup():
+            return run(cfg)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -167,6 +171,7 @@ def _main(cfg: DictConfig) -> float:
 
 def main() -> None:
     schema.register()
+    composition.exit_on_bad_command_line("config", sys.argv[1:])
     _main()
 
 

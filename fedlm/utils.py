@@ -48,6 +48,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike, waiting: str) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (created); if another process holds it, print `waiting` once and wait.
+    The kernel releases it when the holder dies, even by SIGKILL: no stale lock remains."""
+    import fcntl
+
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def digest(key: Any, length: int = 12) -> str:
     """A short content hash of a JSON-serializable value (key order does not matter): cache file names."""
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:length]

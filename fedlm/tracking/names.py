@@ -142,7 +142,8 @@ def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
         f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
         f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
         f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
-        f"`{choices.get('model')}` from {_start(cfg)}; data `{choices.get('data')}`, seed {cfg.seed}; "
+        f"`{choices.get('model')}` from {_start(cfg)}; data `{choices.get('data')}` "
+        f"(`{choices.get('partition', 'role')}` partition), seed {cfg.seed}; "
         f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds."
     )
 

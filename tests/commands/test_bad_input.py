@@ -116,7 +116,7 @@ def test_unwritable_cache_dir_fails_before_pretraining(capsys):
 
     cfg = compose_config([*TINY, "cache_dir=/proc/fedlm-cache"])
     with pytest.raises(ConfigError, match=r"cache_dir \(pretrained models\)='/proc/fedlm-cache/pretrained'"):
-        pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir)
+        pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir)
     assert "pretraining" not in capsys.readouterr().out
 
 
@@ -131,7 +131,7 @@ def test_damaged_caches_are_named_and_rebuilt_by_a_run(tmp_path):
     shakespeare.load_federated_text(cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed, str(cache))
     (data_file,) = (cache / "data").iterdir()
     data_file.write_bytes(data_file.read_bytes()[:1000])
-    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(cache)))
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, str(cache)))
     model_file.parent.mkdir(parents=True)
     model_file.write_bytes(np.random.default_rng(0).bytes(4096))
     result = run_fedlm([*TINY, f"cache_dir={cache}"], tmp_path)
@@ -147,7 +147,7 @@ def test_damaged_pretrained_model_in_a_read_only_cache_is_refused_naming_it(tmp_
     from fedlm.model import pretrain
 
     cfg = compose_config([*TINY, f"cache_dir={tmp_path}"])
-    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(tmp_path)))
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, str(tmp_path)))
     model_file.parent.mkdir(parents=True)
     model_file.write_bytes(b"")
 
@@ -161,7 +161,7 @@ def test_damaged_pretrained_model_in_a_read_only_cache_is_refused_naming_it(tmp_
         rf"pretrained model {model_file} is damaged \(.*\) and cannot be replaced "
         r"there \(Read-only file system\); set cache_dir= ",
     ):
-        pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, str(tmp_path))
+        pretrain.load_pretrained(cfg.model, cfg.pretrain, cfg.data.proxy_genres, str(tmp_path))
 
 
 def test_generating_from_a_damaged_pretrained_model_names_it_and_the_remedy(tmp_path):
@@ -169,15 +169,13 @@ def test_generating_from_a_damaged_pretrained_model_names_it_and_the_remedy(tmp_
     from fedlm.model import pretrain
 
     cfg = compose_config(["pretrained=true", f"cache_dir={tmp_path}"], config_name="generate")
-    model_file = Path(
-        pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.pretrained_seed, str(tmp_path))
-    )
+    model_file = Path(pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, str(tmp_path)))
     model_file.parent.mkdir(parents=True)
     model_file.write_bytes(b"\x89HDF\r\n")  # a copy cut short
     with pytest.raises(
         ConfigError,
         match=rf"pretrained=true: the cached pretrained model {model_file} is damaged "
-        r"\(.*\); `python -m fedlm.pretrain model=small seed=0`",
+        r"\(.*\); `python -m fedlm.pretrain model=small` \(plus",
     ):
         generate.generate(cfg)
 

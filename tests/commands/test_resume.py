@@ -7,6 +7,7 @@ import collections
 import os
 import re
 import signal
+import time
 
 import mlflow
 import numpy as np
@@ -179,3 +180,33 @@ def test_resumed_run_has_each_rounds_samples_once(tmp_path):
     assert model.source_run_id == run.info.run_id and model.metrics  # in the run's experiment, with its metrics
     table = mlflow.MlflowClient().load_table(run.info.experiment_id, SAMPLES_TABLE, run_ids=[run.info.run_id])
     assert collections.Counter(table["round"]) == dict.fromkeys(range(5), 2)  # 2 prompts x 1 temperature a round
+
+
+@pytest.mark.e2e
+def test_two_processes_resuming_one_run_the_second_is_refused_before_pretraining(tmp_path):
+    """Both pass the lookup's busy check (neither holds the run yet); the second was refused only after waiting for
+    the first one's pretraining. Now the run directory is locked before the starting model is made."""
+    from tests.fl.test_checkpoint import fake_interrupted_run
+
+    long_pretraining = "pretrain.steps=100000"  # the winner pretrains until the test stops it
+    fake_interrupted_run("racing", tmp_path / "run", [long_pretraining])
+    args = [*TINY, "rounds=5", long_pretraining, "mlflow.experiment_name=racing", f"resume={tmp_path / 'run'}"]
+    args.append(f"cache_dir={tmp_path / 'cache'}")
+    procs = [start_fedlm(args, tmp_path, f"r{i}") for i in (0, 1)]
+    try:
+        loser = None
+        while loser is None:
+            time.sleep(0.5)
+            loser = next((p for p in procs if p.poll() is not None), None)
+        out, _ = loser.communicate(timeout=60)
+        assert loser.returncode == 2, out[-3000:]
+        # Refused by the lookup (the winner had locked) or by the lock itself (both passed the lookup): either way
+        # before pretraining. (Which one happens depends on the processes' timing.)
+        assert f"{tmp_path / 'run'} is being trained by another fedlm process" in out, out
+        assert "pretrain" not in out, out  # neither pretrained nor waited for a pretraining
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.communicate(timeout=60)
+            assert_session_ended(p.pid)

@@ -41,7 +41,7 @@ def test_step0_eval_equals_the_starting_model(tiny_run_id):
     eval_data = keras_eval_data(cfg)
     start = metrics.compile_for_eval(
         tf.keras.models.load_model(
-            pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir), compile=False
+            pretrain.cache_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir), compile=False
         )
     )
     direct = start.evaluate(eval_data, verbose=0, return_dict=True)
@@ -98,7 +98,23 @@ def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id
 
 
 def _pretrain_args(cfg):
-    return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.seed, cfg.cache_dir
+    return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir
+
+
+@pytest.mark.e2e
+def test_a_dirichlet_partition_trains_and_logs_its_statistics(tmp_path):
+    result = run_fedlm(
+        [*TINY, "partition=dirichlet", "partition.alpha=0.1", "mlflow.experiment_name=partition"], tmp_path
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "data: partition=dirichlet num_clients=100 alpha=0.1: 100 clients (100 with a test split)" in result.stdout
+    (run,) = mlflow.search_runs(experiment_names=["partition"], output_format="list")
+    assert run.data.params["partition"] == "dirichlet" and run.data.params["partition.alpha"] == "0.1"
+    assert run.data.tags["fedlm.data_clients"] == "100" and float(run.data.tags["fedlm.data_heterogeneity_jsd"]) > 0
+    sampled = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/sampled_clients.json")
+    assert all(c.startswith("DIRICHLET_") for clients in sampled.values() for c in clients)
+    (train,) = [i.dataset for i in run.inputs.dataset_inputs if i.dataset.name == "shakespeare-train"]
+    assert '"partition": "dirichlet"' in train.profile and '"partition_alpha": 0.1' in train.profile
 
 
 @pytest.mark.e2e

@@ -92,3 +92,20 @@ def test_signals_after_the_last_round_let_the_run_finish_under_uv(tmp_path):
     assert run.info.status == "FINISHED"
     assert 3 in {m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "eval/loss")}
     assert "model/final_model.h5" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "model")}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_during_pretraining_is_one_line_and_leaves_nothing(tmp_path, sig):
+    """Ctrl-C (or a scheduler's SIGTERM) while the first run pretrains: no traceback, no MLflow run, no cached model;
+    it was Python's KeyboardInterrupt traceback (SIGINT) or a silent death (SIGTERM)."""
+    cache = tmp_path / "cache"  # empty: this run pretrains
+    proc = _start(tmp_path, f"startup_{sig.name}", f"cache_dir={cache}", "pretrain.steps=100000")
+    before = read_until(proc, r"^pretrain step ")
+    os.killpg(proc.pid, sig)
+    out = _finish(proc, before)
+    assert proc.returncode == 128 + sig, out[-3000:]
+    (notice,) = [line for line in out.splitlines() if line.startswith("fedlm: ")]
+    assert notice.startswith(f"fedlm: got {sig.name} during start-up: stopped before the first round"), notice
+    assert not mlflow.search_runs(experiment_names=[f"startup_{sig.name}"], output_format="list")
+    assert not list((cache / "pretrained").glob("*.h5")), list(cache.rglob("*"))

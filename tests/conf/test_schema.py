@@ -17,6 +17,7 @@ from tests.conftest import CONF_DIR, compose_config
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = [
     "data",
+    "partition",
     "model",
     "optimizer",
     "server_optimizer",
@@ -89,6 +90,9 @@ def test_every_group_option_composes_and_validates(group, option):
         (["optimizer=adam", "optimizer.momentum=0.9"], "optimizer.momentum"),  # adam has no momentum
         (["rounds_typo=3"], "rounds_typo"),
         (["eval=foo"], "eval"),
+        (["partition=foo"], "partition"),
+        (["partition.alpha=0.1"], "partition.alpha"),  # a key of dirichlet, not of role
+        (["partition=dirichlet", "partition.num_clients=many"], "partition.num_clients"),
         (["eval.mode=federated"], "eval.mode"),  # an option, not a key
         (["aggregator.noise_multiplier=1.0"], "aggregator.noise_multiplier"),  # a key of dp, not of mean
         (["sampling.clients=[A]"], "sampling.clients"),  # a key of fixed only
@@ -154,6 +158,9 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         ),
         (["model.init=/nonexistent/model.h5"], "model.init='/nonexistent/model.h5': no such file"),
         (["pretrain.corpus=/nonexistent.txt"], "pretrain.corpus='/nonexistent.txt': no such file"),
+        (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0.0: must be > 0.0"),
+        (["partition=dirichlet", "partition.alpha=inf"], "partition.alpha=inf: must be > 0.0 (and a finite float32"),
+        (["partition=dirichlet", "partition.num_clients=0"], "partition.num_clients=0: must be >= 1"),
     ],
 )
 def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, message):
@@ -179,6 +186,14 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
         ),
         (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
         (["server_optimizer=adafactor"], "server_optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
+        *[
+            (
+                ["data=tff_shakespeare", f"partition={p}"],
+                f"partition={p} with data=tff_shakespeare: .* supports partition=role only; for partition={p} use "
+                "data=shakespeare",
+            )
+            for p in ("play", "iid", "dirichlet")
+        ],
     ],
 )
 def test_inconsistent_combinations_are_rejected(overrides, message):

@@ -78,7 +78,7 @@ def test_config_differences_ignore_keys_that_may_change():
     assert resume_lib.config_differences(saved, now) == ["new_key: '<absent>' -> 1", "seed: 0 -> 1"]
 
 
-def _fake_run(experiment: str, tmp_path, overrides: list[str], status: str = "KILLED") -> str:
+def fake_interrupted_run(experiment: str, tmp_path, overrides: list[str], status: str = "KILLED") -> str:
     """An MLflow run with a run directory holding checkpoints of rounds 2 and 3, as fedlm leaves them."""
     cfg = compose_config([*TINY, f"mlflow.experiment_name={experiment}", *overrides])
     experiment_id = store.get_or_create_experiment(experiment).experiment_id
@@ -94,8 +94,8 @@ def _fake_run(experiment: str, tmp_path, overrides: list[str], status: str = "KI
 
 
 def test_resume_true_finds_the_latest_unfinished_run_with_this_config(tmp_path):
-    run_id = _fake_run("resume_true", tmp_path / "a", [])
-    _fake_run("resume_true", tmp_path / "b", ["seed=7"])  # a later one, with another config
+    run_id = fake_interrupted_run("resume_true", tmp_path / "a", [])
+    fake_interrupted_run("resume_true", tmp_path / "b", ["seed=7"])  # a later one, with another config
     resume = resume_lib.find_run_to_resume(
         compose_config([*TINY, "mlflow.experiment_name=resume_true", "resume=true", "rounds=9"])
     )
@@ -103,13 +103,13 @@ def test_resume_true_finds_the_latest_unfinished_run_with_this_config(tmp_path):
 
 
 def test_resume_true_without_a_match_names_the_differing_keys(tmp_path):
-    _fake_run("resume_none", tmp_path / "a", ["seed=7"])
+    fake_interrupted_run("resume_none", tmp_path / "a", ["seed=7"])
     with pytest.raises(ConfigError, match=r"resume=true: no unfinished run.*differs in seed: 7 -> 0"):
         resume_lib.find_run_to_resume(compose_config([*TINY, "mlflow.experiment_name=resume_none", "resume=true"]))
 
 
 def test_resume_by_directory_or_id_refuses_another_config(tmp_path):
-    run_id = _fake_run("resume_by", tmp_path, [])
+    run_id = fake_interrupted_run("resume_by", tmp_path, [])
     for value in (str(tmp_path), run_id):
         cfg = compose_config([*TINY, "mlflow.experiment_name=resume_by", f"resume={value}", "optimizer=adam"])
         with pytest.raises(ConfigError, match=r"differs from the run's in .*optimizer\._target_.*only rounds"):
@@ -119,7 +119,7 @@ def test_resume_by_directory_or_id_refuses_another_config(tmp_path):
 
 
 def test_resume_refuses_a_run_being_trained_and_bad_values(tmp_path):
-    run_id = _fake_run("resume_busy", tmp_path, [])
+    run_id = fake_interrupted_run("resume_busy", tmp_path, [])
     cfg = compose_config([*TINY, "mlflow.experiment_name=resume_busy", f"resume={tmp_path}"])
     with (
         checkpoint.RunDirectory(tmp_path).locked(),
@@ -135,7 +135,7 @@ def test_resume_refuses_a_run_being_trained_and_bad_values(tmp_path):
 
 
 def test_a_new_run_refuses_a_directory_with_checkpoints(tmp_path):
-    _fake_run("fresh", tmp_path, [])
+    fake_interrupted_run("fresh", tmp_path, [])
     with pytest.raises(ConfigError, match=r"already holds checkpoints \(rounds \[2, 3\]\).*resume="):
         checkpoint.check_fresh(checkpoint.RunDirectory(tmp_path))
     checkpoint.check_fresh(checkpoint.RunDirectory(tmp_path / "elsewhere"))

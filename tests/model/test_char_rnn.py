@@ -100,7 +100,7 @@ def test_the_mlflow_model_of_an_lstm_stack_loads_back(tmp_path):
 def test_random_init_is_seeded_saved_and_named(tmp_path):
     cfg = compose_config(["model=tiny", "model.cell=lstm", "model.layers=2", "model.init=random"])
     args = (cfg.model, cfg.pretrain, cfg.data.proxy_genres)
-    path, init = pretrain.load_pretrained(*args, 0, str(tmp_path))
+    path, init = pretrain.load_pretrained(*args, str(tmp_path), seed=0)
     assert path.startswith(str(tmp_path / "random")) and path in init.notes[0] and "seed=0" in init.notes[0]
     assert init.sizes == char_rnn.ModelSizes(8, 16, "lstm", 2)
     saved = tf.keras.models.load_model(path, compile=False).get_weights()
@@ -109,11 +109,11 @@ def test_random_init_is_seeded_saved_and_named(tmp_path):
     assert np.all(init.weights[3][16:32] == 1) and not init.weights[3][:16].any()
 
     tf.random.uniform([3])  # whatever drew random numbers before, the same seed makes the same start
-    again_path, again = pretrain.load_pretrained(*args, 0, str(tmp_path / "elsewhere"))
+    again_path, again = pretrain.load_pretrained(*args, str(tmp_path / "elsewhere"), seed=0)
     assert all(np.array_equal(a, b) for a, b in zip(again.weights, init.weights))
-    other_path, other = pretrain.load_pretrained(*args, 1, str(tmp_path))
+    other_path, other = pretrain.load_pretrained(*args, str(tmp_path), seed=1)
     assert other_path != path and not np.allclose(other.weights[1], init.weights[1])
-    assert pretrain.load_pretrained(*args, 0, str(tmp_path))[0] == path  # made once, then read
+    assert pretrain.load_pretrained(*args, str(tmp_path), seed=0)[0] == path  # made once, then read
 
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
@@ -123,7 +123,7 @@ def test_pretraining_a_stacked_lstm_caches_it_apart_from_the_gru(tmp_path):
     common = ["model=tiny", f"pretrain.corpus={corpus}", "pretrain.steps=2", "pretrain.batch_size=2"]
     lstm = compose_config([*common, "pretrain.seq_length=10", "model.cell=lstm", "model.layers=2"])
     gru = compose_config([*common, "pretrain.seq_length=10"])
-    args = (lstm.pretrain, lstm.data.proxy_genres, 0, str(tmp_path))
+    args = (lstm.pretrain, lstm.data.proxy_genres, str(tmp_path))
     assert pretrain.cache_path(lstm.model, *args) != pretrain.cache_path(gru.model, *args)
     path, init = pretrain.load_pretrained(lstm.model, *args)
     assert path == pretrain.cache_path(lstm.model, *args) and init.sizes == char_rnn.ModelSizes(8, 16, "lstm", 2)
