@@ -1,20 +1,24 @@
 """`python -m fedlm.bench`: the TFF tutorial's federated rounds against fedlm's, back to back on the same CPU.
 
-    uv run python -m fedlm.bench                       # GRU 256 and GRU 1024, then RSS over 200 rounds (~3 min)
+    uv run python -m fedlm.bench                       # GRU 256 and GRU 1024, then RSS over 200 rounds (~4 min)
     uv run python -m fedlm.bench --quick               # GRU 256 only, then RSS over 50 rounds (~1 min)
+    uv run python -m fedlm.bench --models reddi        # 2 x LSTM 256: FastLSTM against the stock LSTM
     uv run python -m fedlm.bench --models tutorial clients_per_round=4   # + Hydra overrides of fedlm's config
 
-Per model size, two TFF federated-averaging processes run in the same process, each in a TFF worker of its own
-(TFF's defaults for the tutorial's, fedlm's `runtime.max_concurrent_clients` for fedlm's; both under the same
-TensorFlow thread settings), with their rounds interleaved (tutorial round r, fedlm round r, ...) so that
-background load hits both alike:
+Per model size, three TFF federated-averaging processes run in the same process, each in a TFF worker of its own
+(TFF's defaults for the tutorial's, fedlm's `runtime.max_concurrent_clients` for the others; all under the same
+TensorFlow thread settings), with their rounds interleaved (tutorial round r, stock round r, fedlm round r, ...)
+so that background load hits them alike:
 - tutorial: the tutorial's path -- a stock `tf.keras.layers.GRU` model with Keras's initializers wrapped by
   `tff.learning.models.from_keras_model`, `tff.learning.algorithms.build_weighted_fed_avg` with TFF's defaults
   (a `dataset.reduce` client loop), client datasets built eagerly per client and round (`preprocess(
   client_data.create_tf_dataset_for_client(id))`);
-- fedlm: what `python -m fedlm.run` does -- `model.gru` (FastGRU by default), no random initializers in TFF's
-  model copies, the dataset-iterator client loop, client datasets from the once-traced pipeline.
-Both start from the same weights and train on the same clients, the same batches (same seeds), with the same
+- fedlm: what `python -m fedlm.run` does -- `model.gru` / `model.lstm` (FastGRU / FastLSTM by default), no
+  random initializers in TFF's model copies, the dataset-iterator client loop, client datasets from the
+  once-traced pipeline;
+- stock: fedlm's path with the stock Keras layer (`model.gru=keras` / `model.lstm=keras`): fedlm / stock is what
+  the fast layer alone gains (printed as "fast-layer ratio").
+All start from the same weights and train on the same clients, the same batches (same seeds), with the same
 loss, optimizers and weighting from fedlm's config (by default `experiment=tutorial`: 2 clients x 5 batches of
 8 x 100 a round, client SGD 0.5, server SGD 1.0). So that every round does the same work, clients are sampled
 (uniformly, seeded) among those with at least `max_batches_per_client` full batches.
@@ -22,8 +26,9 @@ loss, optimizers and weighting from fedlm's config (by default `experiment=tutor
 Printed per model size and path (medians over the timed rounds; warm-up rounds excluded):
 - round s: building the round's client datasets + `process.next`;
 - tokens/s: characters trained on per second (clients x batches x batch_size x seq_length per round);
-- GFLOP/s: matmul FLOPs per round / round s, with FLOPs per batch = 3 x 2 x B x T x (3H(E + H) + H x V)
-  (forward multiply-adds of the GRU input and recurrent projections and the logits, x3 for the backward pass);
+- GFLOP/s: matmul FLOPs per round / round s, with FLOPs per batch = 3 x 2 x B x T x (kH(E + H) + (N - 1) kH(2H)
+  + H x V) for N layers of a cell with k gate blocks (GRU 3, LSTM 4): forward multiply-adds of the input and
+  recurrent projections and the logits, x3 for the backward pass;
   % floor: that rate over the best large-matmul rate TF reaches on this machine (measured at start): how far
   the round is from the time its matmuls alone would take;
 - TFF overhead: round s / the sum of the bare client steps (the same batches, each a `tf.function` step --
@@ -91,9 +96,13 @@ def rss_mb(children: set[int] | None = None) -> float:
     return total / 2**20
 
 
-def step_flops(embedding_dim: int, units: int, vocab_size: int, batch: int, seq: int) -> float:
-    """Matmul FLOPs of one train step (forward + backward) of Embedding -> GRU -> Dense on a batch x seq batch."""
-    return 6.0 * batch * seq * (3 * units * (embedding_dim + units) + units * vocab_size)
+def step_flops(
+    embedding_dim: int, units: int, vocab_size: int, batch: int, seq: int, gates: int = 3, layers: int = 1
+) -> float:
+    """Matmul FLOPs of one train step (forward + backward) of Embedding -> `layers` x GRU (3 gate blocks) or LSTM
+    (4) -> Dense on a batch x seq batch."""
+    recurrent = gates * units * (embedding_dim + units) + (layers - 1) * gates * units * 2 * units
+    return 6.0 * batch * seq * (recurrent + units * vocab_size)
 
 
 def matmul_peak_gflops() -> float:
@@ -138,22 +147,23 @@ class Side:
 
 
 def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
-    """name "tutorial": the tutorial's path; "fedlm": fedlm's (see the module docstring); `context`: the TFF
-    execution context it runs in (None: the default)."""
+    """name "tutorial": the tutorial's path; "fedlm": fedlm's; "stock": fedlm's with the stock layer (see the module
+    docstring); `context`: the TFF execution context it runs in (None: the default)."""
     import tensorflow as tf
     import tensorflow_federated as tff
     from hydra.utils import instantiate
 
     from fedlm import experiment
+    from fedlm.conf import schema
     from fedlm.data import preprocessing
     from fedlm.fl import process as federated
     from fedlm.model import char_rnn as model_lib
     from fedlm.model import metrics
 
-    e, h = cfg.model.embedding_dim, cfg.model.rnn_units
+    sizes = model_lib.ModelSizes.of(cfg.model)
     tutorial = name == "tutorial"
-    gru = "keras" if tutorial else cfg.model.gru.value
-    model_fn = federated.build_model_fn(lambda: model_lib.build_model(e, h, gru, random_init=tutorial), cfg.seq_length)
+    implementation = "keras" if name in ("tutorial", "stock") else schema.rnn_implementation(cfg.model)
+    model_fn = federated.build_model_fn(lambda: sizes.build(implementation, random_init=tutorial), cfg.seq_length)
     client_optimizer, server_optimizer = instantiate(cfg.optimizer), instantiate(cfg.server_optimizer)
     if tutorial:  # as the tutorial calls it: TFF's defaults (examples weighting, mean, `dataset.reduce` loop)
         process = tff.learning.algorithms.build_weighted_fed_avg(model_fn, client_optimizer, server_optimizer)
@@ -184,7 +194,7 @@ def build_side(name: str, cfg, client_data, start, context: Any = None) -> Side:
         def datasets(cids: list[str], seed: int) -> list:
             return [make(c, seed) for c in cids]
 
-    bare = model_lib.build_model(e, h, gru)
+    bare = sizes.build(implementation)
     bare.set_weights(start.get_weights())
     optimizer = tf.keras.optimizers.SGD(cfg.optimizer.learning_rate)
     loss_fn = metrics.MaskedCrossEntropy()
@@ -207,25 +217,42 @@ def eligible_clients(text_train: dict[str, list[str]], cfg) -> list[str]:
     return sorted(c for c, speeches in text_train.items() if sum(len(s) + 1 for s in speeches) >= need * 1.1)
 
 
-def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, warmup: int) -> dict[str, Any]:
-    """Interleaved tutorial/fedlm rounds of one model size; returns the figures."""
+def size_label(cfg) -> tuple[str, str]:
+    """How the report and MLflow name a model size: ("LSTM 256 x 2", "lstm256x2"); a GRU of one layer as before
+    ("GRU 256", "gru256")."""
+    cell, units, layers = cfg.model.cell.value, cfg.model.rnn_units, cfg.model.layers
+    depth = (f" x {layers}", f"x{layers}") if layers > 1 else ("", "")
+    return f"{cell.upper()} {units}{depth[0]}", f"{cell}{units}{depth[1]}"
+
+
+def bench_size(
+    cfg, text_train: dict[str, list[str]], client_data, rounds: int, warmup: int, concurrent: int = -1
+) -> dict[str, Any]:
+    """Interleaved tutorial/stock/fedlm rounds of one model size; returns the figures. `concurrent`: clients the
+    stock side's TFF worker trains at once (fedlm's default context, installed by the caller, has its own)."""
     import numpy as np
     import tensorflow as tf
     import tensorflow_federated as tff
 
+    from fedlm.conf import schema
     from fedlm.fl.sampling import client_shuffle_seed
     from fedlm.model import char_rnn as model_lib
     from fedlm.vocab import VOCAB_SIZE
 
     tf.keras.utils.set_random_seed(cfg.seed)
-    start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
+    start = model_lib.build_configured(cfg.model)
     tf.random.set_seed(None)  # the tutorial's eager datasets shuffle by TF's global seed too: as in a fresh process
     t0 = time.perf_counter()
     # The tutorial's side in a context of its own with TFF's defaults (all of a round's clients at once); fedlm's
-    # in the default context, installed by the caller with fedlm's `runtime.max_concurrent_clients`.
+    # in the default context, installed by the caller with fedlm's `runtime.max_concurrent_clients`; the stock
+    # layer's in one of its own with the same setting.
     tutorial_context = tff.backends.native.create_sync_local_cpp_execution_context()
+    stock_context = tff.backends.native.create_sync_local_cpp_execution_context(
+        max_concurrent_computation_calls=concurrent
+    )
     sides = [
         build_side("tutorial", cfg, client_data, start, tutorial_context),
+        build_side("stock", cfg, client_data, start, stock_context),
         build_side("fedlm", cfg, client_data, start),
     ]
     build_s = time.perf_counter() - t0
@@ -237,7 +264,7 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
         )
     sample = tff.simulation.build_uniform_sampling_fn(pool, replace=False, random_seed=cfg.seed)
     loads = [load_average()]
-    label = f"GRU {cfg.model.rnn_units}"
+    label, key = size_label(cfg)
     for r in range(warmup + rounds):
         cids, seed = sample(r, cfg.clients_per_round), client_shuffle_seed(cfg.seed, r)
         this_round = {}
@@ -283,8 +310,15 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
 
     n_batches = len(batches)
     tokens = n_batches * cfg.batch_size * cfg.seq_length
+    gates = schema.RNN_GATES[cfg.model.cell.value]
     flops = n_batches * step_flops(
-        cfg.model.embedding_dim, cfg.model.rnn_units, VOCAB_SIZE, cfg.batch_size, cfg.seq_length
+        cfg.model.embedding_dim,
+        cfg.model.rnn_units,
+        VOCAB_SIZE,
+        cfg.batch_size,
+        cfg.seq_length,
+        gates,
+        cfg.model.layers,
     )
     start_w = [np.asarray(w) for w in tff.learning.models.ModelWeights.from_model(start).trainable]
     updates = {}
@@ -294,10 +328,15 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
                 np.asarray(w) - w0 for w, w0 in zip(s.process.get_model_weights(s.state).trainable, start_w)
             ]
     scale = max(float(np.abs(u).max()) for u in updates["tutorial"])
-    weight_diff = max(float(np.abs(f - t).max()) for f, t in zip(updates["fedlm"], updates["tutorial"])) / scale
-    loss_diff = max(abs(a - b) for a, b in zip(sides[0].losses, sides[1].losses))
+    weight_diff = max(
+        float(np.abs(f - t).max()) for side in ("stock", "fedlm") for f, t in zip(updates[side], updates["tutorial"])
+    )
+    weight_diff /= scale
+    loss_diff = max(abs(a - b) for side in sides[1:] for a, b in zip(sides[0].losses, side.losses))
     result: dict[str, Any] = {
         "label": label,
+        "key": key,
+        "layers": cfg.model.layers,
         "model": cfg.model.name,
         "embedding_dim": cfg.model.embedding_dim,
         "units": cfg.model.rnn_units,
@@ -328,6 +367,8 @@ def bench_size(cfg, text_train: dict[str, list[str]], client_data, rounds: int, 
             "rss_growth": side.rss[-1] / side.rss[0] - 1,
         }
     result["speedup"] = result["paths"]["tutorial"]["round_s"] / result["paths"]["fedlm"]["round_s"]
+    result["fast_ratio"] = result["paths"]["stock"]["round_s"] / result["paths"]["fedlm"]["round_s"]
+    result["fast_bare_ratio"] = result["paths"]["stock"]["bare_s"] / result["paths"]["fedlm"]["bare_s"]
     return result
 
 
@@ -339,7 +380,7 @@ def bench_memory(cfg, client_data, rounds: int, warmup: int = 5) -> dict[str, fl
     from fedlm.model import char_rnn as model_lib
 
     tf.keras.utils.set_random_seed(cfg.seed)
-    start = model_lib.build_model(cfg.model.embedding_dim, cfg.model.rnn_units, "keras")
+    start = model_lib.build_configured(cfg.model)
     side = build_side("fedlm", cfg, client_data, start)
     sample = tff.simulation.build_uniform_sampling_fn(client_data.client_ids, replace=False, random_seed=cfg.seed)
     rss, t0 = [], time.perf_counter()
@@ -373,8 +414,8 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
         lines += [
             "",
             f"{res['label']} (model={res['model']}, embedding {res['embedding_dim']}): {res['clients']} clients, "
-            f"{res['batches']} batches a round; fedlm: {concurrent_text(res['concurrent_clients'])}, tutorial: all "
-            f"at once (TFF's default); "
+            f"{res['batches']} batches a round; fedlm, stock: {concurrent_text(res['concurrent_clients'])}, "
+            f"tutorial: all at once (TFF's default); "
             f"load {res['load_min']:.1f}-{res['load_max']:.1f}; matmul floor {floor_s:.3f} s/round",
             f"{'path':<9} {'round s':>8} {'speedup':>8} {'tokens/s':>9} {'GFLOP/s':>8} {'% floor':>8} "
             f"{'TFF overhead':>13} {'peak RSS MB':>12} {'RSS growth':>11} | {'datasets s':>10} {'no-data s':>10} "
@@ -388,6 +429,10 @@ def format_report(results: list[dict[str, Any]], memory: dict[str, float] | None
                 f"{p['tff_overhead']:>12.2f}x {p['peak_rss_mb']:>12,.0f} {p['rss_growth']:>+10.1%} | "
                 f"{p['dataset_s']:>10.3f} {p['fixed_s']:>10.3f} {p['tff_step_ms']:>12.1f} {p['bare_step_ms']:>13.1f}"
             )
+        lines.append(
+            f"fast-layer ratio (stock / fedlm, the same path with the stock layer): {res['fast_ratio']:.2f}x a round, "
+            f"{res['fast_bare_ratio']:.2f}x the bare steps"
+        )
         lines.append(
             f"same results: weight updates differ by {res['weight_diff']:.1e} of the largest update; "
             f"training losses by {res['loss_diff']:.1e}"
@@ -414,9 +459,11 @@ def log_to_mlflow(cfg, results, memory, settings, report: str, argv: list[str]) 
         mlflow.log_params({k: str(v) for k, v in settings.items()} | {"argv": " ".join(argv)})
         metrics = {}
         for res in results:
-            key = f"gru{res['units']}"
+            key = res["key"]
             metrics |= {
                 f"{key}_speedup": res["speedup"],
+                f"{key}_fast_ratio": res["fast_ratio"],
+                f"{key}_fast_bare_ratio": res["fast_bare_ratio"],
                 f"{key}_weight_diff": res["weight_diff"],
                 f"{key}_load_max": res["load_max"],
                 f"{key}_concurrent_clients": res["concurrent_clients"],
@@ -495,14 +542,19 @@ def main(argv: list[str] | None = None) -> None:
     client_data = client_data_lib.to_client_data(text.train)
     results, memory = [], None
     for cfg in cfgs:  # a TFF worker per size: the default clients at once depends on the size
-        concurrent = runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)
+        concurrent = runtime.concurrent_clients(
+            cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model)
+        )
         with runtime.tff_context(concurrent):
             results.append(
-                bench_size(cfg, text.train, client_data, rounds, args.warmup) | {"concurrent_clients": concurrent}
+                bench_size(cfg, text.train, client_data, rounds, args.warmup, concurrent)
+                | {"concurrent_clients": concurrent}
             )
     if memory_rounds:
         with runtime.tff_context(
-            runtime.concurrent_clients(memory_cfg.runtime.max_concurrent_clients, memory_cfg.model.rnn_units)
+            runtime.concurrent_clients(
+                memory_cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(memory_cfg.model)
+            )
         ):
             memory = bench_memory(memory_cfg, client_data, memory_rounds)
     settings["peak_gflops"] = max(settings["peak_gflops"], matmul_peak_gflops())  # less hostage to a busy moment

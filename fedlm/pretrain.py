@@ -20,7 +20,9 @@ def _main(cfg: DictConfig) -> None:
         from fedlm.model import pretrain
 
         with runtime.startup("during pretraining: stopped (the model is cached only once complete)"):
-            path = pretrain.pretrained_model_path(cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir)
+            path = pretrain.pretrained_model_path(
+                cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir, seed=cfg.seed
+            )
         print(path)
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)

@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> float:
         if resume is None:
             checkpoint.check_fresh(run_dir)
         init_path, init = experiment.build_starting_weights(cfg)
-        startup.lap("pretrained model")
+        startup.lap("starting model")
         return _train(cfg, source, init_path, init, run_dir, resume, startup)
 
 
@@ -95,7 +95,9 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
     tf.keras.utils.set_random_seed(cfg.seed)
     startup.lap("imports")
 
-    with runtime.tff_context(runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, cfg.model.rnn_units)):
+    with runtime.tff_context(
+        runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model))
+    ):
         exp = experiment.build_experiment(cfg, source, init.weights, on_step=startup.lap)
         checkpoints = checkpoint.RoundCheckpoints(
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=loop.check_finite_state

@@ -63,7 +63,10 @@ def check_bounds(node: DictConfig, prefix: str = "") -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first bad key: ranges, files, and combinations of keys."""
     check_bounds(cfg)
-    check_model_file(cfg.model.init, "model.init", "or null for the pretrained default")
+    if cfg.model.init != schema.RANDOM_INIT:  # a file of that name: model.init=./random
+        check_model_file(
+            cfg.model.init, "model.init", "random (a seeded random initialization), or null for the pretrained default"
+        )
     if not str(cfg.cache_dir).strip():
         raise ConfigError(
             f"cache_dir={cfg.cache_dir!r}: empty (FEDLM_CACHE_DIR set to ''?); a directory for "

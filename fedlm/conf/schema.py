@@ -159,21 +159,47 @@ class DirichletPartition(Option):
 # ---- model ---------------------------------------------------------------------------------------------
 
 
-class GruImplementation(enum.Enum):
-    fast = "fast"  # fedlm.model.gru.FastGRU: the stock layer's weights and results, faster to train on a CPU
-    keras = "keras"  # tf.keras.layers.GRU
+class RnnCell(enum.Enum):
+    gru = "gru"  # tf.keras.layers.GRU (reset_after, Keras's default): the tutorial's cell
+    lstm = "lstm"  # tf.keras.layers.LSTM: McMahan et al. 2017, LEAF and Reddi et al. 2020's Shakespeare model
 
 
-GRU_IMPLEMENTATIONS = tuple(g.value for g in GruImplementation)
+RNN_GATES = {"gru": 3, "lstm": 4}  # gate blocks of a cell's kernels: GRU (z, r, h), LSTM (i, f, c, o)
+
+
+class RnnImplementation(enum.Enum):
+    fast = "fast"  # fedlm.model.gru.FastGRU / fedlm.model.lstm.FastLSTM: the stock layer's weights and results,
+    # faster to train on a CPU
+    keras = "keras"  # the stock tf.keras.layers.GRU / LSTM
+
+
+RNN_IMPLEMENTATIONS = tuple(g.value for g in RnnImplementation)
+RANDOM_INIT = "random"  # model.init=random: a seeded random initialization, no pretraining
 
 
 @dataclass
 class ModelConfig:
     name: str = MISSING
     embedding_dim: int = count()
-    rnn_units: int = count()
-    init: Optional[str] = None  # a Keras model file; null: the cached pretrained model for this config
-    gru: GruImplementation = GruImplementation.fast
+    rnn_units: int = count()  # units of every recurrent layer
+    cell: RnnCell = RnnCell.gru
+    layers: int = count(1)  # stacked recurrent layers (each returns sequences)
+    # A Keras model file; "random": Keras's initializers seeded by `seed` (no pretraining); null: the cached
+    # pretrained model for this config (pretrained first if missing).
+    init: Optional[str] = None
+    gru: RnnImplementation = RnnImplementation.fast  # the GRU layers' code (model.cell=gru)
+    lstm: RnnImplementation = RnnImplementation.fast  # the LSTM layers' code (model.cell=lstm)
+
+
+def rnn_implementation(model: Any) -> str:
+    """The code of the configured cell's layers, "fast" or "keras": `model.gru` or `model.lstm`."""
+    return (model.lstm if model.cell == RnnCell.lstm else model.gru).value
+
+
+def recurrent_kernel_bytes(model: Any) -> int:
+    """float32 bytes of the configured model's recurrent kernels (all layers): what a client's train step re-reads
+    every timestep."""
+    return model.layers * 4 * RNN_GATES[model.cell.value] * model.rnn_units**2
 
 
 @dataclass

@@ -252,11 +252,12 @@ def last_level_cache_bytes(sysfs_cache_dir: str = "/sys/devices/system/cpu/cpu0/
     return sizes[max(sizes)] if sizes else None
 
 
-def concurrent_clients(setting: int | None, rnn_units: int) -> int:
+def concurrent_clients(setting: int | None, recurrent_bytes: int) -> int:
     """`runtime.max_concurrent_clients` -> TFF's `max_concurrent_computation_calls` (-1 = no limit).
 
-    null: one client per CPU core, but no more than fit their GRU recurrent kernels (and the transposed copy the
-    backward pass reads, 2 x 12 x H^2 bytes a client) in the last-level cache together, and at least one. Measured
+    null: one client per CPU core, but no more than fit their recurrent kernels (`recurrent_bytes`: 12 x H^2 for a
+    GRU(H), 16 x H^2 an LSTM(H), per layer; `fedlm.conf.schema.recurrent_kernel_bytes`) and the transposed copies
+    the backward pass reads in the last-level cache together, and at least one. Measured
     on 2 cores with a 32 MB cache: GRU 256, 10 clients a round: two at a time 32% faster than TFF's default (all
     at once) and one at a time 36% slower than two; GRU 1024 (25 MB a client): one at a time 16% faster than two.
     """
@@ -266,7 +267,7 @@ def concurrent_clients(setting: int | None, rnn_units: int) -> int:
     cache = last_level_cache_bytes()
     if cache is None:
         return cores
-    return max(1, min(cores, cache // (2 * 12 * rnn_units**2)))
+    return max(1, min(cores, cache // (2 * recurrent_bytes)))
 
 
 def _is_resource_tracker(process: psutil.Process) -> bool:

@@ -19,9 +19,9 @@ class Generator:
     """A batch-1 stateful copy of a char-RNN that continues prompts one character at a time."""
 
     def __init__(self, weights: Any):
-        """weights: a list of arrays in Keras order, or TFF `ModelWeights` (sizes read from their shapes)."""
-        embedding_dim, rnn_units = char_rnn.sizes_from_weights(weights)
-        self.model = char_rnn.build_model(embedding_dim, rnn_units, batch_size=1, stateful=True)
+        """weights: a list of arrays in Keras order, or TFF `ModelWeights` (sizes, cell and depth read from their
+        shapes)."""
+        self.model = char_rnn.sizes_from_weights(weights).build(batch_size=1, stateful=True)
         self.set_weights(weights)
 
         @tf.function(input_signature=[tf.TensorSpec([1, None], tf.int32)])

@@ -12,8 +12,6 @@ from __future__ import annotations
 import tensorflow as tf
 from keras.src import backend as keras_backend  # Keras 2.14, as pinned by TF 2.14
 
-from fedlm.conf.schema import GRU_IMPLEMENTATIONS
-
 
 def _gru_sequence(x: tf.Tensor, kernel: tf.Tensor, recurrent_kernel: tf.Tensor, bias: tf.Tensor) -> tf.Tensor:
     """All outputs [B, T, H] of a zero-initialised GRU over x [B, T, I] (Keras gate order z, r, h; reset_after)."""
@@ -116,14 +114,3 @@ class FastGRU(tf.keras.layers.GRU):
         outputs = _gru_sequence(inputs, *weights)  # tensors, not variables: the tape links them to the variables
         output = outputs if self.return_sequences else outputs[:, -1]
         return [output, outputs[:, -1]] if self.return_state else output
-
-
-def build_gru(units: int, implementation: str, stateful: bool = False, **kwargs) -> tf.keras.layers.Layer:
-    """The char-RNN's recurrent layer (return_sequences): "keras" (stock GRU) or "fast" (FastGRU: same weights,
-    faster training; a stateful FastGRU runs the stock code, so batch-1 generation is unchanged). `kwargs` go to
-    the layer (e.g. initializers)."""
-    if implementation == "keras":
-        return tf.keras.layers.GRU(units, return_sequences=True, stateful=stateful, **kwargs)
-    if implementation == "fast":
-        return FastGRU(units, return_sequences=True, stateful=stateful, **kwargs)
-    raise ValueError(f"model.gru={implementation!r}: allowed {list(GRU_IMPLEMENTATIONS)}")

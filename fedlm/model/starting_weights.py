@@ -11,7 +11,8 @@ tutorial's order, which are fedlm's ids 0-85. fedlm adds PAD (86) and OOV (87), 
   exp(-1e4) = 0 in float32, so the extended model predicts exactly the same distribution over the 86
   characters as the original, never picks PAD or OOV, and (as they are never targets) their gradients stay 0.
 
-Every way a file can fail to fit gets a `ConfigError` naming the key, the file and what fits.
+Every way a file can fail to fit gets a `ConfigError` naming the key, the file and what fits. fedlm's own files
+may hold any cell and depth (`model.cell`, `model.layers`); their sizes are read from the weights.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from fedlm.errors import ConfigError
+from fedlm.model.char_rnn import ModelSizes, sizes_from_shapes
 from fedlm.vocab import TUTORIAL_CHARS, VOCAB_SIZE
 
 UNUSED_LOGIT = -1e4
@@ -36,15 +38,21 @@ class InitialWeights:
     """Weights in fedlm's layout (vocabulary 88) and notes on how they were obtained (logged with the run)."""
 
     weights: list[np.ndarray]
-    embedding_dim: int
-    rnn_units: int
+    sizes: ModelSizes
     notes: list[str] = field(default_factory=list)
 
 
-def _what_fits(embedding_dim: int | None, rnn_units: int | None) -> str:
-    dims = f"E={embedding_dim}, H={rnn_units}" if embedding_dim else "any E, H"
+def _what_fits(expected: ModelSizes | None) -> str:
+    if expected is None:
+        layers, dims = "N x GRU(H) or N x LSTM(H) (return_sequences)", "any E, H, N"
+    else:
+        cell, n = expected.cell.upper(), expected.layers
+        layers, dims = (
+            f"{f'{n} x ' if n > 1 else ''}{cell}(H, return_sequences)",
+            f"E={expected.embedding_dim}, H={expected.rnn_units}",
+        )
     return (
-        f"a Keras model file (HDF5, SavedModel or .keras) of Embedding(V, E) -> GRU(H, return_sequences) -> "
+        f"a Keras model file (HDF5, SavedModel or .keras) of Embedding(V, E) -> {layers} -> "
         f"Dense(V) with {dims}, input (batch, time) of character ids, and V = {VOCAB_SIZE} (fedlm's "
         f"vocabulary) or V = {TUTORIAL_VOCAB_SIZE} (the TFF tutorial's published models)"
     )
@@ -67,11 +75,10 @@ def saved_with_optimizer(path: str) -> bool:
         return "optimizer_weights" in f or "training_config" in f.attrs
 
 
-def load_keras_file(
-    path: str, key: str = "model.init", embedding_dim: int | None = None, rnn_units: int | None = None
-) -> InitialWeights:
-    """Read a Keras file's char-RNN weights into fedlm's layout, checking it fits (dims, if given, must match)."""
-    fits = _what_fits(embedding_dim, rnn_units)
+def load_keras_file(path: str, key: str = "model.init", expected: ModelSizes | None = None) -> InitialWeights:
+    """Read a Keras file's char-RNN weights into fedlm's layout, checking it fits (`expected`, if given: the
+    configured sizes, cell and depth must match)."""
+    fits = _what_fits(expected)
     if not os.path.exists(path):
         raise ConfigError(f"{key}={path!r}: no such file; allowed: {fits}")
     try:
@@ -92,31 +99,24 @@ def load_keras_file(
     if not (isinstance(input_shape, tuple) and len(input_shape) == 2):
         raise ConfigError(f"{key}={path!r}: input shape {input_shape}; fits: (batch, time) of character ids")
     shapes = [tuple(w.shape) for w in loaded.get_weights()]
-    layout_ok = (
-        len(shapes) == 6
-        and len(shapes[0]) == 2
-        and len(shapes[1]) == 2
-        and len(shapes[2]) == 2
-        and shapes[1][0] == shapes[0][1]
-        and shapes[2][1] == 3 * shapes[2][0]
-        and shapes[1][1] == shapes[2][1]
-        and shapes[3] == (2, shapes[2][1])
-        and shapes[4] == (shapes[2][0], shapes[0][0])
-        and shapes[5] == (shapes[0][0],)
-    )
-    if not layout_ok:
+    found = sizes_from_shapes(shapes)
+    if found is None:
         raise ConfigError(f"{key}={path!r}: weight shapes {shapes} are not the char-RNN; allowed: {fits}")
-    vocab, emb, units = shapes[0][0], shapes[0][1], shapes[2][0]
+    sizes, vocab = found
     if vocab not in (VOCAB_SIZE, TUTORIAL_VOCAB_SIZE):
         raise ConfigError(
             f"{key}={path!r}: vocabulary size {vocab}; fits: {VOCAB_SIZE} (fedlm: the tutorial's "
             f"{TUTORIAL_VOCAB_SIZE} characters + PAD + OOV) or {TUTORIAL_VOCAB_SIZE} (the tutorial's)"
         )
-    if (embedding_dim, rnn_units) != (None, None) and (emb, units) != (embedding_dim, rnn_units):
+    if expected is not None and sizes != expected:
+        fields = ("embedding_dim", "rnn_units", "cell", "layers")
+        settings = " ".join(
+            f"model.{k}={getattr(sizes, k)}" for k in fields if getattr(sizes, k) != getattr(expected, k)
+        )
+        tutorial = sizes == ModelSizes(256, 1024)
         raise ConfigError(
-            f"{key}={path!r}: Embedding dim {emb}, GRU units {units}, but the configured model has "
-            f"{embedding_dim}, {rnn_units}; set model.embedding_dim={emb} model.rnn_units={units}"
-            + (" (or model=tutorial)" if (emb, units) == (256, 1024) else "")
+            f"{key}={path!r}: {sizes.describe()}, but the configured model is {expected.describe()}; "
+            f"set {settings}" + (" (or model=tutorial)" if tutorial else "")
         )
     weights = loaded.get_weights()
     if vocab == TUTORIAL_VOCAB_SIZE:
@@ -125,14 +125,14 @@ def load_keras_file(
             f"{key}={path!r} has the tutorial's {TUTORIAL_VOCAB_SIZE}-character vocabulary: extended "
             f"with PAD (embedding 0, logit {UNUSED_LOGIT:g}) and OOV (mean embedding, logit {UNUSED_LOGIT:g})"
         )
-    return InitialWeights(weights, emb, units, notes)
+    return InitialWeights(weights, sizes, notes)
 
 
 def extend_tutorial_weights(weights: list[np.ndarray]) -> list[np.ndarray]:
     """The tutorial's 86-character weights -> fedlm's 88 (PAD, OOV appended; see the module docstring)."""
-    embedding, kernel, recurrent, bias, dense_kernel, dense_bias = weights
+    embedding, *recurrent, dense_kernel, dense_bias = weights
     # Rows are appended: PAD_ID == 86 and OOV_ID == 87 come right after the tutorial's 86 characters.
     embedding = np.concatenate([embedding, np.zeros_like(embedding[:1]), embedding.mean(axis=0, keepdims=True)])
     dense_kernel = np.concatenate([dense_kernel, np.zeros_like(dense_kernel[:, :2])], axis=1)
     dense_bias = np.concatenate([dense_bias, np.full(2, UNUSED_LOGIT, dense_bias.dtype)])
-    return [embedding, kernel, recurrent, bias, dense_kernel, dense_bias]
+    return [embedding, *recurrent, dense_kernel, dense_bias]

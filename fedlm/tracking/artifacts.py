@@ -38,7 +38,7 @@ SIGNATURE = ModelSignature(
 
 def portable_copy(weights) -> tf.keras.Model:
     """A fresh, uncompiled stock-Keras char-RNN holding `weights` (TFF ModelWeights): loadable without fedlm."""
-    model = char_rnn.build_model(*char_rnn.sizes_from_weights(weights))
+    model = char_rnn.sizes_from_weights(weights).build()
     weights.assign_weights_to(model)
     return model
 

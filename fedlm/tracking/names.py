@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from fedlm.conf.schema import is_machine_key
+from fedlm.conf.schema import RANDOM_INIT, is_machine_key
 
 SEP = " · "  # between the parts of a run name: no `=`, no spaces to mistake for a separator
 
@@ -124,6 +124,15 @@ def runs_table(rows: Sequence[tuple[str, Mapping[str, float]]], keys: Sequence[s
     return "\n".join(lines)
 
 
+def _start(cfg: Any) -> str:
+    """Where the run's weights start, in words."""
+    if cfg.model.init is None:
+        return "its pretrained start"
+    if cfg.model.init == RANDOM_INIT:
+        return f"a random initialization (seed {cfg.seed})"
+    return f"`{cfg.model.init}`"
+
+
 def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
     """What the run does, in a sentence: the options chosen and the keys that matter most."""
     batches = "all" if cfg.max_batches_per_client is None else f"at most {cfg.max_batches_per_client}"
@@ -133,7 +142,7 @@ def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
         f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
         f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
         f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
-        f"`{choices.get('model')}` from its pretrained start; data `{choices.get('data')}` "
+        f"`{choices.get('model')}` from {_start(cfg)}; data `{choices.get('data')}` "
         f"(`{choices.get('partition', 'role')}` partition), seed {cfg.seed}; "
         f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds."
     )

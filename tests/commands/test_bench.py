@@ -39,10 +39,10 @@ def test_bench_runs_both_paths_with_the_same_results(tmp_path):
     assert "fork_posix" not in proc.stderr  # gRPC's fork handlers, as the memory part starts its TFF worker
     out = proc.stdout
     assert "GRU 16 (model=tiny" in out and "RSS over 3 rounds" in out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("tutorial ", "fedlm "))]
-    assert [r[0] for r in rows] == ["tutorial", "fedlm"]
+    rows = [line.split() for line in out.splitlines() if line.startswith(("tutorial ", "stock ", "fedlm "))]
+    assert [r[0] for r in rows] == ["tutorial", "stock", "fedlm"] and "fast-layer ratio" in out
     (run,) = mlflow.search_runs(experiment_names=["benchmarks"], output_format="list")
     metrics = run.data.metrics
     assert metrics["gru16_weight_diff"] < 1e-4  # the tutorial's path and fedlm's trained the same model
-    assert {"gru16_fedlm_round_s", "gru16_tutorial_bare_s", "memory_rss_first_mb"} <= metrics.keys()
+    assert {"gru16_fedlm_round_s", "gru16_stock_round_s", "gru16_fast_ratio", "memory_rss_first_mb"} <= metrics.keys()
     assert "bench.txt" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}

@@ -115,3 +115,28 @@ def test_a_dirichlet_partition_trains_and_logs_its_statistics(tmp_path):
     assert all(c.startswith("DIRICHLET_") for clients in sampled.values() for c in clients)
     (train,) = [i.dataset for i in run.inputs.dataset_inputs if i.dataset.name == "shakespeare-train"]
     assert '"partition": "dirichlet"' in train.profile and '"partition_alpha": 0.1' in train.profile
+
+
+@pytest.mark.e2e
+def test_a_stacked_lstm_from_a_random_start_trains_saves_and_generates(tmp_path):
+    """`model=reddi model.init=random` in small: 2 x LSTM (FastLSTM) from seeded Keras initializers, no pretraining."""
+    import tensorflow as tf
+
+    from fedlm.model import pretrain
+
+    args = [*TINY, "model.cell=lstm", "model.layers=2", "model.init=random", "mlflow.experiment_name=lstm"]
+    result = run_fedlm(args, tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "model.init=random: Embedding 8 -> LSTM 16 x 2" in result.stdout and "pretrain step" not in result.stdout
+    (run,) = mlflow.search_runs(experiment_names=["lstm"], output_format="list")
+    cfg = compose_config(args)
+    start_file = pretrain.random_start_path(cfg.model, cfg.seed, cfg.cache_dir)
+    assert run.data.tags["fedlm.model_init"] == start_file and "seed=0" in run.data.tags["fedlm.model_init_notes"]
+    assert run.data.params["model.cell"] == "lstm" and run.data.params["model.layers"] == "2"
+    start = tf.keras.models.load_model(start_file, compile=False)
+    path = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/model/final_model.h5")
+    final = tf.keras.models.load_model(path, compile=False)  # plain Keras: stock LSTMs
+    assert [type(layer) for layer in final.layers[1:-1]] == [tf.keras.layers.LSTM] * 2
+    assert any(not np.allclose(a, b) for a, b in zip(final.get_weights(), start.get_weights()))
+    text = run_fedlm(["mlflow.experiment_name=lstm", "length=20"], tmp_path / "generate", module="fedlm.generate")
+    assert text.returncode == 0 and f"run {run.info.run_id}" in text.stdout, text.stdout[-2000:]

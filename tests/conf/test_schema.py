@@ -50,6 +50,21 @@ def test_default_config_is_valid():
     assert schema.option_type(cfg.sampling) is schema.UniformSampling
 
 
+def test_the_literatures_model_from_a_random_start_validates():
+    cfg = compose_config(["model=reddi", "model.init=random"])
+    checks.validate(cfg)  # `random` is no file name
+    assert (cfg.model.embedding_dim, cfg.model.rnn_units, cfg.model.cell, cfg.model.layers) == (
+        8,
+        256,
+        schema.RnnCell.lstm,
+        2,
+    )
+    assert schema.rnn_implementation(cfg.model) == "fast"
+    assert schema.rnn_implementation(compose_config(["model=reddi", "model.lstm=keras"]).model) == "keras"
+    experiment = compose_config(["experiment=reddi"])  # with the papers' sequence length
+    assert (experiment.model.name, experiment.model.init, experiment.seq_length) == ("reddi", "random", 80)
+
+
 @pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g) if (g, o) not in BROKEN_IN_TFF])
 def test_every_group_option_composes_and_validates(group, option):
     cfg = compose_config([f"{group}={option}", *NEEDS.get((group, option), [])])
@@ -85,6 +100,8 @@ def test_every_group_option_composes_and_validates(group, option):
         (["sample_length=long"], "sample_length"),
         (["sample_temperatures=[hot]"], "sample_temperatures"),
         (["model.gru=cudnn"], "model.gru"),
+        (["model.lstm=cudnn"], "model.lstm"),
+        (["model.cell=rnn"], "model.cell"),
         (["runtime.max_concurrent_clients=two"], "runtime.max_concurrent_clients"),
     ],
 )
@@ -134,6 +151,7 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["runtime.max_concurrent_clients=-1"], "runtime.max_concurrent_clients=-1: must be >= 0"),
         (["pretrain.learning_rate=0"], "pretrain.learning_rate=0.0"),
         (["model.embedding_dim=0"], "model.embedding_dim=0"),
+        (["model.layers=0"], "model.layers=0: must be >= 1"),
         (
             ["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=-1"],
             "aggregator.noise_multiplier=-1.0",

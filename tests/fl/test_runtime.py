@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
+from fedlm.conf import schema
 from fedlm.fl import runtime
-from tests.conftest import ROOT, assert_session_ended
+from tests.conftest import ROOT, assert_session_ended, compose_config
 
 
 @pytest.mark.parametrize(
@@ -26,12 +27,19 @@ from tests.conftest import ROOT, assert_session_ended
 def test_default_is_one_per_core_as_far_as_the_cache_holds(monkeypatch, cache_mb, cores, units, want):
     monkeypatch.setattr(runtime.os, "cpu_count", lambda: cores)
     monkeypatch.setattr(runtime, "last_level_cache_bytes", lambda: cache_mb and cache_mb * 2**20)
-    assert runtime.concurrent_clients(None, units) == want
+    assert runtime.concurrent_clients(None, 12 * units**2) == want  # a GRU(units)'s recurrent kernel, float32
+
+
+def test_the_cache_share_counts_every_layer_and_the_lstms_fourth_gate():
+    cfg = compose_config(["model=reddi"])  # 2 x LSTM 256: 2 x 16 x 256^2 bytes, 2 MB
+    assert schema.recurrent_kernel_bytes(cfg.model) == 2 * 16 * 256**2
+    gru = compose_config(["model=tutorial"])
+    assert schema.recurrent_kernel_bytes(gru.model) == 12 * 1024**2
 
 
 def test_explicit_setting_wins_and_zero_means_no_limit():
-    assert runtime.concurrent_clients(3, 1024) == 3
-    assert runtime.concurrent_clients(0, 256) == -1
+    assert runtime.concurrent_clients(3, 12 * 1024**2) == 3
+    assert runtime.concurrent_clients(0, 12 * 256**2) == -1
 
 
 def test_last_level_cache_is_the_highest_levels_size(tmp_path):

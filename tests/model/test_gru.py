@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from fedlm import vocab
 from fedlm.model import gru
-from fedlm.model.gru import FastGRU, build_gru
+from fedlm.model.gru import FastGRU
 
 VOCAB, EMBED, UNITS, BATCH, STEPS = 11, 6, 12, 3, 9
 
@@ -183,11 +183,16 @@ def test_masked_and_stateful_calls_use_the_stock_path(fast_calls):
     assert not fast_calls
 
 
-def test_build_gru():
-    assert type(build_gru(4, "keras")) is tf.keras.layers.GRU
-    assert isinstance(build_gru(4, "fast"), FastGRU) and build_gru(4, "fast").return_sequences
+def test_build_recurrent():
+    from fedlm.model.char_rnn import build_recurrent
+    from fedlm.model.lstm import FastLSTM
+
+    assert type(build_recurrent(4, "keras")) is tf.keras.layers.GRU
+    assert isinstance(build_recurrent(4, "fast"), FastGRU) and build_recurrent(4, "fast").return_sequences
+    assert type(build_recurrent(4, "keras", "lstm")) is tf.keras.layers.LSTM
+    assert isinstance(build_recurrent(4, "fast", "lstm"), FastLSTM)
     with pytest.raises(ValueError, match=r"model\.gru=.cudnn.: allowed \[.fast., .keras.\]"):
-        build_gru(4, "cudnn")
+        build_recurrent(4, "cudnn")
 
 
 def test_federated_round_matches_stock_in_tff(fast_calls):

@@ -40,7 +40,7 @@ def template() -> tf.keras.Model:
 def test_tutorial_format_loads_and_predicts_the_same_characters(tmp_path, batch_size):
     path = save_tutorial_format(tmp_path / f"dickens_rnn.batch{batch_size}.kerasmodel", batch_size)
     original = tf.keras.models.load_model(path, compile=False)
-    init = starting_weights.load_keras_file(path, "model.init", E, H)
+    init = starting_weights.load_keras_file(path, "model.init", char_rnn.ModelSizes(E, H))
     assert any("86-character" in n for n in init.notes)
 
     adapted = template()
@@ -60,7 +60,7 @@ def test_tutorial_format_loads_and_predicts_the_same_characters(tmp_path, batch_
 def test_fedlm_own_file_loads_unchanged(tmp_path):
     m = template()
     path = char_rnn.save_model(m, str(tmp_path / "own.h5"))
-    init = starting_weights.load_keras_file(path, "model.init", E, H)
+    init = starting_weights.load_keras_file(path, "model.init", char_rnn.ModelSizes(E, H))
     assert init.notes == []
     for a, b in zip(init.weights, m.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -73,7 +73,7 @@ def test_saved_with_optimizer_is_accepted_ignoring_the_optimizer(tmp_path):
     path = str(tmp_path / "with_optimizer.h5")
     tf.keras.models.save_model(m, path, include_optimizer=True)
     assert starting_weights.saved_with_optimizer(path)
-    init = starting_weights.load_keras_file(path, "model.init", E, H)
+    init = starting_weights.load_keras_file(path, "model.init", char_rnn.ModelSizes(E, H))
     assert any("optimizer" in n and "ignored" in n for n in init.notes)
     for a, b in zip(init.weights, m.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -103,11 +103,15 @@ def _not_the_char_rnn(tmp_path) -> str:
         [
             tf.keras.layers.InputLayer((None,), dtype=tf.int32),
             tf.keras.layers.Embedding(88, E),
-            tf.keras.layers.LSTM(H, return_sequences=True),
+            tf.keras.layers.GRU(H, return_sequences=True, reset_after=False),  # one bias, not Keras's two
             tf.keras.layers.Dense(88),
         ]
     )
-    return char_rnn.save_model(m, str(tmp_path / "lstm.h5"))
+    return char_rnn.save_model(m, str(tmp_path / "gru_v1.h5"))
+
+
+def _other_cell_and_depth(tmp_path) -> str:
+    return char_rnn.save_model(char_rnn.build_model(E, H, cell="lstm", layers=2), str(tmp_path / "lstm2.h5"))
 
 
 @pytest.mark.parametrize(
@@ -119,8 +123,12 @@ def _not_the_char_rnn(tmp_path) -> str:
         (_wrong_input_shape, r"input shape \(None, 5, 3\); fits: \(batch, time\) of character ids"),
         (
             _wrong_sizes,
-            r"Embedding dim 16, GRU units 16, but the configured model has 8, 16; "
-            r"set model.embedding_dim=16 model.rnn_units=16",
+            r"Embedding 16 -> GRU 16, but the configured model is Embedding 8 -> GRU 16; set model.embedding_dim=16$",
+        ),
+        (
+            _other_cell_and_depth,
+            r"Embedding 8 -> LSTM 16 x 2, but the configured model is Embedding 8 -> GRU 16; "
+            r"set model.cell=lstm model.layers=2$",
         ),
         (_not_the_char_rnn, r"weight shapes .* are not the char-RNN; allowed: .*Embedding\(V, E\) -> GRU"),
     ],
@@ -128,7 +136,7 @@ def _not_the_char_rnn(tmp_path) -> str:
 def test_files_that_do_not_fit_are_named_with_what_fits(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(ConfigError, match=rf"model\.init='{path}': {message}"):
-        starting_weights.load_keras_file(path, "model.init", E, H)
+        starting_weights.load_keras_file(path, "model.init", char_rnn.ModelSizes(E, H))
 
 
 @pytest.mark.e2e
