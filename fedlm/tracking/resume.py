@@ -47,8 +47,21 @@ def check_same_layout(value: str, directory: RunDirectory, saved: Mapping[str, A
         )
 
 
+# Keys added to the config after runs were started without them, with the value such a run had in effect: a run
+# saved without the key resumes when the key has that value now (the defaults, for every one of these).
+KEYS_ADDED = {
+    "partition._target_": "fedlm.data.partitions.role",  # one client per (play, role): the only split there was
+    "partition._partial_": True,
+    "model.cell": "gru",
+    "model.layers": 1,
+    "model.lstm": "fast",
+    "pretrain.seed": 0,  # the starting model only builds the process: a resumed run continues its checkpoint
+}
+
+
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: saved -> current' for every key that differs, except MUTABLE_KEYS."""
+    """'key: saved -> current' for every key that differs, except MUTABLE_KEYS (and KEYS_ADDED at their value)."""
+    saved = {**{k: v for k, v in KEYS_ADDED.items() if k not in saved and k in current}, **saved}
     keys = sorted((set(saved) | set(current)) - set(MUTABLE_KEYS))
     missing = "<absent>"
     return [

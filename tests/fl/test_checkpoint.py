@@ -78,6 +78,18 @@ def test_config_differences_ignore_keys_that_may_change():
     assert resume_lib.config_differences(saved, now) == ["new_key: '<absent>' -> 1", "seed: 0 -> 1"]
 
 
+def test_a_run_saved_before_a_key_existed_resumes_when_the_key_has_the_value_it_had():
+    before = {"seed": 0, "model.rnn_units": 256}  # saved by a fedlm without model.cell and partition
+    now = {
+        **before,
+        "model.cell": "gru",
+        "partition._target_": "fedlm.data.partitions.role",
+        "partition._partial_": True,
+    }
+    assert resume_lib.config_differences(before, now) == []
+    assert resume_lib.config_differences(before, {**now, "model.cell": "lstm"}) == ["model.cell: 'gru' -> 'lstm'"]
+
+
 def fake_interrupted_run(experiment: str, tmp_path, overrides: list[str], status: str = "KILLED") -> str:
     """An MLflow run with a run directory holding checkpoints of rounds 2 and 3, as fedlm leaves them."""
     cfg = compose_config([*TINY, f"mlflow.experiment_name={experiment}", *overrides])
