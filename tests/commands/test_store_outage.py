@@ -17,7 +17,7 @@ import mlflow
 import pytest
 
 from fedlm.tracking import ledger
-from tests.conftest import TINY, assert_session_ended, run_fedlm, start_fedlm
+from tests.conftest import TINY, assert_session_ended, read_until, run_fedlm, start_fedlm
 
 CONFIG = [*TINY, "rounds=4"]
 
@@ -79,16 +79,6 @@ def fill(directory: Path) -> Path:
         except OSError as e:
             assert e.errno == errno.ENOSPC, e
     return filler
-
-
-def read_until(proc: subprocess.Popen, pattern: str) -> str:
-    """The subprocess's output up to its first line matching `pattern` (the whole output if none does)."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(pattern, line):
-            return "".join(seen)
-    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)[-5000:]}")
 
 
 def finish(proc: subprocess.Popen, out: str) -> str:
