@@ -159,8 +159,8 @@ def _main(cfg: DictConfig) -> None:
 
 def main() -> None:
     schema.register()
-    composition.exit_on_bad_command_line("generate", sys.argv[1:])
     sys.argv = quote_free_text(sys.argv)
+    composition.exit_on_bad_command_line("generate", sys.argv[1:])
     _main()
 
 

@@ -53,3 +53,10 @@ def test_a_missing_option_through_uv_run_is_one_line_and_exit_2():
         "fedlm: config error: optimizer=nosuch: no such option; available: "
         + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "optimizer").glob("*.yaml")))
     ]
+
+
+def test_a_generate_prompt_with_a_comma_is_checked_as_the_command_reads_it():
+    from fedlm.generate import quote_free_text
+
+    argv = quote_free_text(["fedlm.generate", "prompt=What of TensorFlow Federated, you ask? "])
+    composition.check_command_line("generate", argv[1:])  # Hydra alone would read `a, b` as a sweep: ambiguous

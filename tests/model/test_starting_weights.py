@@ -152,6 +152,8 @@ def test_run_with_unfitting_model_init_fails_before_training(tmp_path):
     path = _wrong_vocabulary(tmp_path)
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("config", ["model=tiny", f"model.init={path}"], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")  # as Hydra sets it for the job (the run is locked first)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
         del cfg["hydra"]  # as @hydra.main hands it to the task
