@@ -185,6 +185,8 @@ def _main(cfg: DictConfig) -> float:
         # The job ended KILLED, resumable; the sweep goes on to its end (no new job starts), where the parent run
         # reports each job's end. Raised on, it would make joblib kill the other jobs' processes mid-round.
         sweep.request_stop(sweep.sweep_dir(HydraConfig.get()), int(e.code) - 128)
+        if isinstance(e, runtime.StartupInterrupted):  # no run of it exists: the sweep's report says so
+            sweep.record_not_started(sweep.sweep_dir(HydraConfig.get()), HydraConfig.get().overrides.task)
         return float("nan")
     except ConfigError as e:
         print(f"fedlm: config error: {e}", file=sys.stderr)

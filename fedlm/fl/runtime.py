@@ -310,6 +310,10 @@ def forward_stop_requests(on_request: Callable[[int], None]) -> None:
         signal.signal(sig, handler)
 
 
+class StartupInterrupted(Interrupted):
+    """Ctrl-C or SIGTERM before the first round: the run had not started (no MLflow run, no checkpoint)."""
+
+
 _in_startup = False  # inside `startup()` and before `tff_context`: a stop request stops at once
 _startup_line = ""
 
@@ -321,7 +325,7 @@ def _on_startup_signal(signum: int, frame: types.FrameType | None) -> None:
         # Stopping: the same request's copy (uv forwards it) and later ones must not interrupt the exit.
         signal.signal(sig, signal.SIG_IGN)
     _say(f"fedlm: got {signal.Signals(signum).name} {_startup_line}")
-    raise Interrupted(128 + signum)
+    raise StartupInterrupted(128 + signum)
 
 
 @contextlib.contextmanager

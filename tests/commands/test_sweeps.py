@@ -128,6 +128,7 @@ def test_ctrl_c_stops_a_joblib_sweep_job_by_job_and_resume_true_completes_it(tmp
     args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "mlflow.experiment_name=stopped_sweep"]
     proc = start_fedlm(args, tmp_path, python=UV_RUN)
     before = read_until(proc, r"^round +1/")
+    before += read_until(proc, r"^round +1/")  # both workers' jobs are in their rounds (not starting up)
     os.killpg(proc.pid, signal.SIGINT)
     after, _ = proc.communicate(timeout=600)
     assert_session_ended(proc.pid)
