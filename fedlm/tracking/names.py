@@ -20,6 +20,7 @@ SEP = " · "  # between the parts of a run name: no `=`, no spaces to mistake fo
 # own system metrics under `system/`): `train/...` and `eval/...` are two sections instead of one list of 20.
 _RENAMED = {"round_seconds": "train/seconds"}
 EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
+PRIVACY_EPSILON = "privacy_epsilon"  # aggregator=dp: the epsilon spent after each round (fedlm/fl/privacy.py)
 
 
 def metric(name: str) -> str:
