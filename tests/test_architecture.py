@@ -44,7 +44,6 @@ LIGHT = [
     "fedlm.model",
     "fedlm.fl",
     "fedlm.fl.runtime",
-    "fedlm.fl.schedules",
     "fedlm.tracking",
     "fedlm.tracking.tags",
     "fedlm.tracking.sweep",
