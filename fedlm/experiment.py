@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from fedlm.conf import checks
 from fedlm.data import preprocessing
 from fedlm.errors import ConfigError
-from fedlm.fl import evaluation, loop, process, sampling
+from fedlm.fl import evaluation, loop, optimizers, process, sampling, schedules
 from fedlm.model import char_rnn, pretrain, starting_weights
 
 
@@ -38,14 +38,27 @@ def build_keras_model_fn(model: DictConfig) -> Callable[[], tf.keras.Model]:
     return lambda: char_rnn.build_configured(model, random_init=False)
 
 
+def build_schedules(cfg: DictConfig) -> tuple[schedules.Schedule, schedules.Schedule]:
+    """The client's and the server's learning rate of each round: `schedule=` and `server_schedule=` over the
+    optimizers' learning rates."""
+    return (
+        instantiate(cfg.schedule)(learning_rate=cfg.optimizer.learning_rate),
+        instantiate(cfg.server_schedule)(learning_rate=cfg.server_optimizer.learning_rate),
+    )
+
+
 def build_learning_process(cfg: DictConfig, model_fn: process.ModelFn) -> tff.learning.templates.LearningProcess:
-    """`algorithm=` over `client_weighting=`, `aggregator=`, `optimizer=` and `server_optimizer=`."""
+    """`algorithm=` over `client_weighting=`, `aggregator=`, `optimizer=`, `server_optimizer=` and their
+    `schedule=`, `server_schedule=`."""
     try:
         client_optimizer, server_optimizer = instantiate(cfg.optimizer), instantiate(cfg.server_optimizer)
     except Exception as e:
         raise ConfigError(
             f"optimizer/server_optimizer: cannot build from {dict(cfg.optimizer)} / {dict(cfg.server_optimizer)}: {e}"
         ) from e
+    client_schedule, server_schedule = build_schedules(cfg)
+    client_optimizer = optimizers.client_optimizer(client_optimizer, client_schedule, cfg.rounds)
+    server_optimizer = optimizers.server_optimizer(server_optimizer, server_schedule, cfg.rounds)
     weighting = instantiate(cfg.client_weighting)(model_fn=model_fn)
     aggregator = instantiate(cfg.aggregator)(
         weighted=weighting.weighting is not None, clients_per_round=cfg.clients_per_round
@@ -53,6 +66,13 @@ def build_learning_process(cfg: DictConfig, model_fn: process.ModelFn) -> tff.le
     return instantiate(cfg.algorithm)(
         weighting=weighting, client_optimizer=client_optimizer, server_optimizer=server_optimizer, aggregator=aggregator
     )
+
+
+def start_process(cfg: DictConfig, learning_process: Any, start_model: tf.keras.Model) -> Any:
+    """The learning process, started from the model's weights; with a server schedule, its rounds report the server's
+    learning rate (the client work reports the client's itself)."""
+    start = process.StartFrom(learning_process, tff.learning.models.ModelWeights.from_model(start_model))
+    return start if build_schedules(cfg)[1].constant else optimizers.ServerLearningRate(start)
 
 
 def build_client_data(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
@@ -112,7 +132,7 @@ def build_experiment(cfg: DictConfig, source: Any, start_weights: list, on_step:
     on_step("client data")
     model_fn = process.build_model_fn(keras_model_fn, cfg.seq_length)
     learning_process = build_learning_process(cfg, model_fn)
-    start = process.StartFrom(learning_process, tff.learning.models.ModelWeights.from_model(start_model))
+    start = start_process(cfg, learning_process, start_model)
     on_step("TFF process")
     sampler = build_client_sampler(cfg, source, train_data)
     select = loop.build_client_selection(sampler, build_client_datasets(cfg, train_data))

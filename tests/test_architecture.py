@@ -44,6 +44,7 @@ LIGHT = [
     "fedlm.model",
     "fedlm.fl",
     "fedlm.fl.runtime",
+    "fedlm.fl.schedules",
     "fedlm.tracking",
     "fedlm.tracking.tags",
     "fedlm.tracking.sweep",

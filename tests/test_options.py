@@ -112,25 +112,39 @@ def test_aggregator_options_build_an_aggregation_factory(option, tiny):
     assert factory is None if option == "mean" else isinstance(factory, tff.aggregators.AggregationFactory)
 
 
+@pytest.mark.parametrize("scheduled", [False, True], ids=["constant", "scheduled"])
 @pytest.mark.parametrize("option", list(schema.GROUPS["algorithm"]))
-def test_algorithm_options_build_a_learning_process_that_trains(option, tiny):
+def test_algorithm_options_build_a_learning_process_that_trains(option, scheduled, tiny):
     import tensorflow_federated as tff
 
-    from fedlm.fl import weighting
+    from fedlm.fl import optimizers, schedules, weighting
 
     _, _, model_fn, data = tiny
+    schedule = schedules.constant(2 if scheduled else 0, learning_rate=0.1)
     process = build(
         "algorithm",
         option,
         tiny,
         weighting=weighting.num_examples(model_fn=model_fn),
-        client_optimizer=tff.learning.optimizers.build_sgdm(0.1),
+        client_optimizer=optimizers.client_optimizer(tff.learning.optimizers.build_sgdm(0.1), schedule, rounds=2),
         server_optimizer=tff.learning.optimizers.build_sgdm(1.0),
         aggregator=None,
     )
     assert isinstance(process, tff.learning.templates.LearningProcess)
     batches = [tf.data.Dataset.from_tensor_slices((np.ones((2, 5), np.int32), np.ones((2, 5), np.int32))).batch(2)]
-    assert process.next(process.initialize(), batches).metrics["client_work"]["train"]["num_examples"] == 2
+    metrics = process.next(process.initialize(), batches).metrics["client_work"]
+    assert metrics["train"]["num_examples"] == 2
+    assert metrics.get("client_learning_rate", 0.1) == pytest.approx(0.05 if scheduled else 0.1)
+
+
+@pytest.mark.parametrize("group", schema.SCHEDULE_GROUPS)
+@pytest.mark.parametrize("option", list(schema.SCHEDULES))
+def test_schedule_options_build_a_schedule_of_the_optimizers_rate(group, option, tiny):
+    from fedlm.fl.schedules import Schedule
+
+    schedule = build(group, option, tiny, learning_rate=0.5)
+    assert isinstance(schedule, Schedule) and schedule.name == option
+    assert schedule(0) == pytest.approx(0.5) and schedule.constant == (option == "constant")
 
 
 @pytest.mark.parametrize("option", list(schema.GROUPS["eval"]))

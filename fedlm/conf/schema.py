@@ -297,6 +297,75 @@ OPTIMIZER_SCHEMAS = {
 }
 
 
+# ---- schedule, server_schedule: the learning rate of each round (fedlm/fl/schedules.py) --------------------
+# Groups of their own, beside `optimizer=` and `server_optimizer=`: a schedule scales whichever optimizer's
+# learning_rate, and holds only its own keys (a constant run has no decay_rate to misread).
+
+SCHEDULE_GROUPS = ("schedule", "server_schedule")  # the client's, the server's: the same options
+
+
+@dataclass
+class ScheduleOption(Option):
+    warmup_rounds: int = constrained(0, ge=0)  # linear from learning_rate / N to learning_rate, before the schedule
+
+    def group(self, cfg: DictConfig) -> str:
+        """`schedule` or `server_schedule`: where this option was chosen (the first, if both hold the same)."""
+        return next(g for g in SCHEDULE_GROUPS if OmegaConf.to_object(cfg[g]) == self)
+
+
+@dataclass
+class ConstantSchedule(ScheduleOption):
+    """The optimizer's learning_rate every round (after the warm-up, if any)."""
+
+    _target_: str = "fedlm.fl.schedules.constant"
+
+
+@dataclass
+class ExponentialSchedule(ScheduleOption):
+    """learning_rate * decay_rate ** (t / decay_rounds)."""
+
+    _target_: str = "fedlm.fl.schedules.exponential"
+    decay_rate: float = constrained(0.5, gt=0.0, le=1.0)  # the factor per decay_rounds rounds; 1: constant
+    decay_rounds: int = count(10)
+    staircase: bool = False  # decay every decay_rounds rounds at once (floor(t / decay_rounds))
+
+
+@dataclass
+class InverseSqrtSchedule(ScheduleOption):
+    """learning_rate / sqrt(1 + decay_rate * t / decay_rounds)."""
+
+    _target_: str = "fedlm.fl.schedules.inverse_sqrt"
+    decay_rate: float = constrained(1.0, gt=0.0)
+    decay_rounds: int = count(1)
+    staircase: bool = False
+
+
+@dataclass
+class CosineSchedule(ScheduleOption):
+    """Half a cosine from learning_rate to min_fraction * learning_rate, over total_rounds (warm-up included)."""
+
+    _target_: str = "fedlm.fl.schedules.cosine"
+    total_rounds: int = count()  # conf/schedule/cosine.yaml: ${rounds}, the run's
+    min_fraction: float = constrained(0.0, ge=0.0, le=1.0)  # the floor, as a fraction of learning_rate
+
+    def check(self, cfg: DictConfig) -> None:
+        if self.total_rounds <= self.warmup_rounds:
+            group = self.group(cfg)
+            raise ConfigError(
+                f"{group}.total_rounds={self.total_rounds} with {group}.warmup_rounds={self.warmup_rounds}: the "
+                f"cosine needs rounds after the warm-up; allowed: total_rounds > warmup_rounds (total_rounds counts "
+                "the warm-up; its default is the run's rounds)"
+            )
+
+
+SCHEDULES: dict[str, type[ScheduleOption]] = {
+    "constant": ConstantSchedule,
+    "exponential": ExponentialSchedule,
+    "inverse_sqrt": InverseSqrtSchedule,
+    "cosine": CosineSchedule,
+}
+
+
 # ---- client_weighting: how much each client's update counts (fedlm/fl/weighting.py) ----------------------
 
 
@@ -478,6 +547,8 @@ GROUPS: dict[str, dict[str, type[Option]]] = {
     "aggregator": {"mean": MeanAggregator, "dp": DpAggregator, "compression": CompressionAggregator},
     "algorithm": {"fedavg": FedAvg, "fedprox": FedProx},
     "eval": {"keras": KerasEval, "federated": FederatedEval},
+    "schedule": SCHEDULES,
+    "server_schedule": SCHEDULES,
 }
 
 
@@ -527,6 +598,8 @@ class FedlmConfig:
     model: ModelConfig = MISSING
     optimizer: Any = MISSING  # one of OPTIMIZER_SCHEMAS, chosen by its YAML file's defaults list
     server_optimizer: Any = MISSING
+    schedule: Any = MISSING  # of the client optimizer's learning rate (SCHEDULES)
+    server_schedule: Any = MISSING
     pretrain: PretrainConfig = MISSING
     client_weighting: Any = MISSING
     sampling: Any = MISSING

@@ -30,6 +30,8 @@ METRIC_NAMES = {
     "client_work/train/oov_rate": "train_oov_rate",
     "client_work/train/num_tokens": "train_tokens",
     "client_work/train/num_clients": "train_clients",
+    "client_work/client_learning_rate": "client_learning_rate",  # with a client schedule (fedlm/fl/optimizers.py)
+    "finalizer/learning_rate": "server_learning_rate",  # with a server schedule
     "training_time_in_seconds": "round_seconds",
     "evaluation/loss": "eval_loss",
     "evaluation/accuracy": "eval_accuracy",

@@ -18,13 +18,17 @@ SEP = " · "  # between the parts of a run name: no `=`, no spaces to mistake fo
 
 # fedlm's metric names -> MLflow's. MLflow's chart view makes a section of each prefix before a `/` (and puts its
 # own system metrics under `system/`): `train/...` and `eval/...` are two sections instead of one list of 20.
-_RENAMED = {"round_seconds": "train/seconds"}
+_RENAMED = {
+    "round_seconds": "train/seconds",
+    "client_learning_rate": "train/client_learning_rate",  # logged with a schedule only: else a param
+    "server_learning_rate": "train/server_learning_rate",
+}
 EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
 
 
 def metric(name: str) -> str:
     """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`; `round_seconds` -> `train/seconds`
-    (the training time of the round)."""
+    (the training time of the round), `client_learning_rate` -> `train/client_learning_rate`."""
     if name in _RENAMED:
         return _RENAMED[name]
     split, _, rest = name.partition("_")
@@ -37,7 +41,13 @@ def fedlm_metric(name: str) -> str:
 
 
 # Words of a key, shortened in run names (the client optimizer is the `optimizer` group).
-_SHORT = {"optimizer": "client", "server_optimizer": "server", "learning_rate": "lr"}
+_SHORT = {
+    "optimizer": "client",
+    "server_optimizer": "server",
+    "learning_rate": "lr",
+    "schedule": "client schedule",
+    "server_schedule": "server schedule",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +71,8 @@ def parse_overrides(overrides: Sequence[str]) -> list[Override]:
 
 
 def label(key: str) -> str:
-    """A key as a run name shows it: `optimizer.learning_rate` -> `client lr`; a group or top-level key as it is."""
+    """A key as a run name shows it: `optimizer.learning_rate` -> `client lr`, `schedule.warmup_rounds` -> `client
+    schedule warmup_rounds`; a group or top-level key as it is."""
     return " ".join(_SHORT.get(part, part) for part in key.split(".")) if "." in key else key
 
 
@@ -84,12 +95,14 @@ def child_name(overrides: Sequence[str], swept_keys: Collection[str], groups: Co
 
 
 def run_summary(choices: Mapping[str, Any], clients_per_round: int, overrides: Sequence[str]) -> str:
-    """A single run's name: algorithm, client → server optimizer, clients per round (`fedavg sgd→sgd 10c`), after
-    the experiment file if any (`tutorial: …`), then the other options chosen on the command line (`… dp`)."""
+    """A single run's name: algorithm, client → server optimizer (with a schedule: `sgd(cosine)`), clients per round
+    (`fedavg sgd→sgd 10c`), after the experiment file if any (`tutorial: …`), then the other options chosen on the
+    command line (`… dp`)."""
     summary = (
-        f"{choices.get('algorithm')} {choices.get('optimizer')}→{choices.get('server_optimizer')} {clients_per_round}c"
+        f"{choices.get('algorithm')} {_optimizer(choices, 'optimizer', 'schedule')}→"
+        f"{_optimizer(choices, 'server_optimizer', 'server_schedule')} {clients_per_round}c"
     )
-    shown = {"algorithm", "optimizer", "server_optimizer", "experiment"}
+    shown = {"algorithm", "optimizer", "server_optimizer", "schedule", "server_schedule", "experiment"}
     extra = [
         show(o.value)
         for o in parse_overrides(overrides)
@@ -97,6 +110,12 @@ def run_summary(choices: Mapping[str, Any], clients_per_round: int, overrides: S
     ]
     experiment = choices.get("experiment")
     return f"{experiment}: " * bool(experiment) + " ".join([summary, *extra])
+
+
+def _optimizer(choices: Mapping[str, Any], group: str, schedule_group: str) -> str:
+    """`sgd`, or with a schedule other than constant `sgd(cosine)`."""
+    schedule = choices.get(schedule_group)
+    return f"{choices.get(group)}({schedule})" if schedule not in (None, "constant") else f"{choices.get(group)}"
 
 
 def sweep_name(swept_keys: Sequence[str], experiment: str | None) -> str:
@@ -133,6 +152,14 @@ def _start(cfg: Any) -> str:
     return f"`{cfg.model.init}`"
 
 
+def _schedule(node: Any, choice: str | None) -> str:
+    """`, cosine schedule, 2 warm-up rounds` after a learning rate; nothing for a constant one."""
+    parts = [f"`{choice}` schedule"] if choice not in (None, "constant") else []
+    if node is not None and node.get("warmup_rounds"):
+        parts.append(f"{node.get('warmup_rounds')} warm-up rounds")
+    return "".join(f", {p}" for p in parts)
+
+
 def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
     """What the run does, in a sentence: the options chosen and the keys that matter most."""
     batches = "all" if cfg.max_batches_per_client is None else f"at most {cfg.max_batches_per_client}"
@@ -140,8 +167,10 @@ def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
         f"{cfg.rounds} rounds of `{choices.get('algorithm')}`, {cfg.clients_per_round} clients a round "
         f"(`{choices.get('sampling')}` sampling, `{choices.get('client_weighting')}` weighting, "
         f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
-        f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}) → server "
-        f"`{choices.get('server_optimizer')}` (lr {cfg.server_optimizer.get('learning_rate')}); model "
+        f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}"
+        f"{_schedule(cfg.get('schedule'), choices.get('schedule'))}) → server `{choices.get('server_optimizer')}` "
+        f"(lr {cfg.server_optimizer.get('learning_rate')}"
+        f"{_schedule(cfg.get('server_schedule'), choices.get('server_schedule'))}); model "
         f"`{choices.get('model')}` from {_start(cfg)}; data `{choices.get('data')}` "
         f"(`{choices.get('partition', 'role')}` partition), seed {cfg.seed}; "
         f"`{choices.get('eval')}` evaluation of {cfg.eval_clients} clients every {cfg.eval_every} rounds."

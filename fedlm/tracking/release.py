@@ -60,9 +60,9 @@ def logged_steps(run_id: str) -> dict[str, set[int]]:
 
 
 class ProgressReleaseManager(tff.program.ReleaseManager):
-    """Prints one line per round: round/total, train and eval metrics, seconds per round and ETA. The evaluation
-    after a last round off the `eval_every` schedule comes as a second release of that round: its line says so and
-    has no timing (the round's time was already given)."""
+    """Prints one line per round: round/total, train and eval metrics, scheduled learning rates, seconds per round and
+    ETA. The evaluation after a last round off the `eval_every` schedule comes as a second release of that round: its
+    line says so and has no timing (the round's time was already given)."""
 
     def __init__(self, total_rounds: int):
         self._total = total_rounds
@@ -81,6 +81,9 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
         ):
             if k in flat:
                 parts.append(f"{label} {float(flat[k]):.4f}")
+        for k, label in (("client_work/client_learning_rate", "client_lr"), ("finalizer/learning_rate", "server_lr")):
+            if k in flat:  # scheduled (fedlm/fl/optimizers.py)
+                parts.append(f"{label} {float(flat[k]):.4g}")
         if key == self._last_key:
             parts.append("(final evaluation)")
         elif self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)

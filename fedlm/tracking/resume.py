@@ -56,6 +56,11 @@ KEYS_ADDED = {
     "model.layers": 1,
     "model.lstm": "fast",
     "pretrain.seed": 0,  # the starting model only builds the process: a resumed run continues its checkpoint
+    **{  # the optimizers' own learning rates every round: the only schedule there was
+        f"{group}.{key}": value
+        for group in ("schedule", "server_schedule")
+        for key, value in (("_target_", "fedlm.fl.schedules.constant"), ("_partial_", True), ("warmup_rounds", 0))
+    },
 }
 
 

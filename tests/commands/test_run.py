@@ -140,3 +140,21 @@ def test_a_stacked_lstm_from_a_random_start_trains_saves_and_generates(tmp_path)
     assert any(not np.allclose(a, b) for a, b in zip(final.get_weights(), start.get_weights()))
     text = run_fedlm(["mlflow.experiment_name=lstm", "length=20"], tmp_path / "generate", module="fedlm.generate")
     assert text.returncode == 0 and f"run {run.info.run_id}" in text.stdout, text.stdout[-2000:]
+
+
+@pytest.mark.e2e
+def test_scheduled_learning_rates_train_and_are_logged_each_round(tmp_path):
+    """A cosine client schedule over the run's 2 rounds (0.5, then 0.25), a 2-round server warm-up (0.5, then 1)."""
+    args = [*TINY, "schedule=cosine", "server_schedule=constant", "server_schedule.warmup_rounds=2"]
+    result = run_fedlm([*args, "mlflow.experiment_name=schedules"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "client_lr 0.25  server_lr 1" in result.stdout
+    (run,) = mlflow.search_runs(experiment_names=["schedules"], output_format="list")
+    client = mlflow.MlflowClient()
+    for key, want in (("train/client_learning_rate", [0.5, 0.25]), ("train/server_learning_rate", [0.5, 1.0])):
+        steps = _metric_steps(client, run.info.run_id, key)
+        assert sorted(steps) == [1, 2] and [steps[1], steps[2]] == pytest.approx(want), key
+    params = run.data.params
+    assert params["schedule"] == "cosine" and params["schedule.total_rounds"] == "2"
+    assert params["server_schedule.warmup_rounds"] == "2" and "schedule._target_" not in params
+    assert run.info.run_name.startswith("fedavg sgd(cosine)→sgd 2c")

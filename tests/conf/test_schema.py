@@ -21,6 +21,8 @@ GROUPS = [
     "model",
     "optimizer",
     "server_optimizer",
+    "schedule",
+    "server_schedule",
     "client_weighting",
     "sampling",
     "aggregator",
@@ -103,6 +105,12 @@ def test_every_group_option_composes_and_validates(group, option):
         (["model.lstm=cudnn"], "model.lstm"),
         (["model.cell=rnn"], "model.cell"),
         (["runtime.max_concurrent_clients=two"], "runtime.max_concurrent_clients"),
+        (["schedule=foo"], "schedule"),
+        (["server_schedule=linear"], "server_schedule"),
+        (["schedule.decay_rate=0.5"], "schedule.decay_rate"),  # a key of exponential, not of constant
+        (["server_schedule=cosine", "server_schedule.decay_rounds=5"], "server_schedule.decay_rounds"),  # total_rounds
+        (["schedule=exponential", "schedule.staircase=maybe"], "schedule.staircase"),
+        (["schedule.warmup_rounds=1.5"], "schedule.warmup_rounds"),
     ],
 )
 def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key):
@@ -161,6 +169,16 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["partition=dirichlet", "partition.alpha=0"], "partition.alpha=0.0: must be > 0.0"),
         (["partition=dirichlet", "partition.alpha=inf"], "partition.alpha=inf: must be > 0.0 (and a finite float32"),
         (["partition=dirichlet", "partition.num_clients=0"], "partition.num_clients=0: must be >= 1"),
+        (["schedule.warmup_rounds=-1"], "schedule.warmup_rounds=-1: must be >= 0"),
+        (["server_schedule=cosine", "server_schedule.warmup_rounds=-2"], "server_schedule.warmup_rounds=-2: must be"),
+        (["schedule=exponential", "schedule.decay_rate=0"], "schedule.decay_rate=0.0: must be > 0.0 and <= 1.0"),
+        (["schedule=exponential", "schedule.decay_rate=1.5"], "schedule.decay_rate=1.5: must be > 0.0 and <= 1.0"),
+        (["server_schedule=exponential", "server_schedule.decay_rounds=0"], "server_schedule.decay_rounds=0: must"),
+        (["schedule=exponential", "schedule.decay_rate=nan"], "schedule.decay_rate=nan: must be > 0.0 and <= 1.0"),
+        (["schedule=inverse_sqrt", "schedule.decay_rate=-1"], "schedule.decay_rate=-1.0: must be > 0.0"),
+        (["schedule=inverse_sqrt", "schedule.decay_rounds=-5"], "schedule.decay_rounds=-5: must be >= 1"),
+        (["schedule=cosine", "schedule.min_fraction=1.5"], "schedule.min_fraction=1.5: must be >= 0.0 and <= 1.0"),
+        (["server_schedule=cosine", "server_schedule.total_rounds=0"], "server_schedule.total_rounds=0: must be >= 1"),
     ],
 )
 def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, message):
@@ -186,6 +204,23 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
         ),
         (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
         (["server_optimizer=adafactor"], "server_optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
+        (
+            ["schedule=cosine", "schedule.warmup_rounds=10"],
+            "schedule.total_rounds=10 with schedule.warmup_rounds=10: the cosine needs rounds after the warm-up",
+        ),
+        (
+            ["rounds=20", "server_schedule=cosine", "server_schedule.warmup_rounds=25"],
+            "server_schedule.total_rounds=20 with server_schedule.warmup_rounds=25",
+        ),
+        (  # the server's is the bad one, the client's the same option with other values
+            [
+                "schedule=cosine",
+                "server_schedule=cosine",
+                "server_schedule.total_rounds=3",
+                "server_schedule.warmup_rounds=3",
+            ],
+            "server_schedule.total_rounds=3 with server_schedule.warmup_rounds=3",
+        ),
         *[
             (
                 ["data=tff_shakespeare", f"partition={p}"],
@@ -263,7 +298,8 @@ from fedlm import errors, run
 from fedlm.conf import schema
 schema.register()
 cases = [["rounds=0"], ["clients_per_round=5000"],
-         ["sampling=fixed", "sampling.clients=[NOBODY]", "clients_per_round=1"]]
+         ["sampling=fixed", "sampling.clients=[NOBODY]", "clients_per_round=1"],
+         ["server_schedule=exponential", "server_schedule.decay_rate=2"]]
 with initialize_config_dir(version_base="1.3", config_dir={CONF_DIR!r}):
     for overrides in cases:
         try:
@@ -274,9 +310,10 @@ print("tensorflow imported:", "tensorflow" in sys.modules)
 """
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("refused:") == 3, out.stdout
+    assert out.stdout.count("refused:") == 4, out.stdout
     assert f"clients_per_round=5000: larger than the training population of {len(federated_text.train)}" in out.stdout
     assert "unknown client id(s) ['NOBODY']" in out.stdout
+    assert "server_schedule.decay_rate=2.0: must be > 0.0 and <= 1.0" in out.stdout
     assert "tensorflow imported: False" in out.stdout
 
 
@@ -289,6 +326,7 @@ def test_help_lists_every_group_and_the_config():
     for group in GROUPS:
         assert f"{group}: " in out.stdout, group
     assert "sampling: fixed, size_weighted, uniform, with_replacement" in out.stdout
+    assert "schedule: constant, cosine, exponential, inverse_sqrt" in out.stdout
     assert "client_weighting: num_examples" in out.stdout and "max_batches_per_client:" in out.stdout
 
 

@@ -88,6 +88,11 @@ def test_a_run_saved_before_a_key_existed_resumes_when_the_key_has_the_value_it_
     }
     assert resume_lib.config_differences(before, now) == []
     assert resume_lib.config_differences(before, {**now, "model.cell": "lstm"}) == ["model.cell: 'gru' -> 'lstm'"]
+    constant = {"schedule._target_": "fedlm.fl.schedules.constant", "schedule._partial_": True}
+    assert resume_lib.config_differences(before, {**now, **constant, "server_schedule.warmup_rounds": 0}) == []
+    assert resume_lib.config_differences(before, {**now, **constant, "schedule.warmup_rounds": 2}) == [
+        "schedule.warmup_rounds: 0 -> 2"
+    ]
 
 
 def fake_interrupted_run(experiment: str, tmp_path, overrides: list[str], status: str = "KILLED") -> str:

@@ -151,3 +151,100 @@ def test_tff_adafactor_fails_inside_fed_avg_which_is_why_config_refuses_it(start
             fl_process.build_model_fn(keras_model, SEQ), client, server
         )
         process.next(process.initialize(), [CLIENTS["A"]])
+
+
+# ---- schedules: a round trains at its scheduled rate (fedlm/fl/optimizers.py) -------------------------------
+
+
+def scheduled_rounds(start, clients: list[str], overrides: list[str], rounds: int) -> list[tuple[list, dict]]:
+    """(server weights, flat metrics) after each of `rounds` rounds from `start`, as `fedlm.run` starts the process."""
+    from fedlm.utils import flatten
+
+    cfg = compose_config(["server_optimizer=sgd", f"rounds={rounds}", "clients_per_round=2", *overrides])
+    process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+    template = keras_model()
+    template.set_weights(start)
+    started = experiment.start_process(cfg, process, template)
+    state, out = started.initialize(), []
+    for _ in range(rounds):
+        output = started.next(state, [CLIENTS[c] for c in clients])
+        state = output.state
+        weights = [np.asarray(w) for w in process.get_model_weights(state).trainable]
+        out.append((weights, flatten(output.metrics)))
+    return out
+
+
+def full_weights(start, trainable: list[np.ndarray]) -> list[np.ndarray]:
+    """The tiny model has no non-trainable weights: its trainable ones are all of them."""
+    assert len(trainable) == len(start)
+    return trainable
+
+
+# Client SGD at 0.1 decayed to a quarter every round: rounds 1, 2 train at 0.1, 0.025.
+CLIENT_DECAY = ["schedule=exponential", "schedule.decay_rate=0.25", "schedule.decay_rounds=1"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["algorithm=fedprox"], ["client_weighting=uniform"], ["client_weighting=num_tokens"], ["optimizer=rmsprop"]],
+    ids=lambda e: e[0].split("=")[1] if e else "fedavg",
+)
+def test_each_round_trains_at_the_scheduled_client_rate(start, extra):
+    """Round r of a scheduled process is a round of the plain process at the constant rate of round r, from the
+    same weights, with every weighting and algorithm; the round reports that rate."""
+    got = scheduled_rounds(start, ["A", "B"], ["optimizer.learning_rate=0.1", *CLIENT_DECAY, *extra], rounds=2)
+    weights = start
+    for (scheduled, metrics), rate in zip(got, [0.1, 0.025]):
+        assert metrics["client_work/client_learning_rate"] == pytest.approx(rate)
+        plain = one_round(weights, ["A", "B"], [*extra, f"optimizer.learning_rate={rate}"])
+        for s, p in zip(scheduled, plain):
+            np.testing.assert_allclose(s, p, rtol=1e-5, atol=1e-7)
+        weights = full_weights(start, scheduled)
+    assert "finalizer/learning_rate" not in got[0][1]  # the server's rate is constant: a param, not a metric
+
+
+@pytest.mark.parametrize("server", ["sgd", "adam"])
+def test_each_round_applies_the_update_at_the_scheduled_server_rate(start, server):
+    """A server warm-up of 2 rounds: the server's rate is 1/2, then 2/2 of its learning rate, as if set by hand before
+    each round (TFF's set_hparams on the plain process); the rounds report it."""
+    import tensorflow_federated as tff
+
+    base = 1.0 if server == "sgd" else 0.01
+    common = ["optimizer.learning_rate=0.1", f"server_optimizer={server}", f"server_optimizer.learning_rate={base}"]
+    got = scheduled_rounds(start, ["A"], [*common, "server_schedule=constant", "server_schedule.warmup_rounds=2"], 2)
+
+    cfg = compose_config(["clients_per_round=2", *common])
+    process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+    template = keras_model()
+    template.set_weights(start)
+    state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
+    for (scheduled, metrics), rate in zip(got, [base / 2, base]):
+        assert metrics["finalizer/learning_rate"] == pytest.approx(rate)
+        assert "client_work/client_learning_rate" not in metrics
+        hparams = process.get_hparams(state)
+        hparams["finalizer"]["learning_rate"] = np.float32(rate)
+        state = process.next(process.set_hparams(state, hparams), [CLIENTS["A"]]).state
+        plain = [np.asarray(w) for w in process.get_model_weights(state).trainable]
+        for s, p in zip(scheduled, plain):
+            np.testing.assert_allclose(s, p, rtol=1e-5, atol=1e-7)
+
+
+def test_a_resumed_run_continues_both_schedules_where_its_checkpoint_left_them(start, tmp_path):
+    """The round counters are in the server state: saved, loaded and continued, the rates go on from round 2."""
+    import asyncio
+
+    import tensorflow_federated as tff
+
+    overrides = ["rounds=3", *CLIENT_DECAY, "server_schedule=inverse_sqrt", "clients_per_round=2"]
+    cfg = compose_config(overrides)
+    process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+    template = keras_model()
+    template.set_weights(start)
+    started = experiment.start_process(cfg, process, template)
+    first = started.next(started.initialize(), [CLIENTS["A"]])
+    files = tff.program.FileProgramStateManager(str(tmp_path))
+    asyncio.run(files.save(first.state, 1))
+    loaded = asyncio.run(files.load(1, started.initialize()))
+    second = started.next(loaded, [CLIENTS["A"]]).metrics
+    assert second["client_work"]["client_learning_rate"] == pytest.approx(0.5 * 0.25)  # optimizer=sgd's 0.5
+    assert second["finalizer"]["learning_rate"] == pytest.approx(1.0 / np.sqrt(2))  # server_optimizer=sgd's 1.0

@@ -31,6 +31,8 @@ def test_metric_names_are_grouped_by_split_and_map_back():
         ("train_bits_per_char", "train/bits_per_char"),
         ("round_seconds", "train/seconds"),
         ("eval_seconds", "eval/seconds"),
+        ("client_learning_rate", "train/client_learning_rate"),
+        ("server_learning_rate", "train/server_learning_rate"),
     ):
         assert names.metric(fedlm) == shown and names.fedlm_metric(shown) == fedlm
 
@@ -70,6 +72,19 @@ def test_a_single_run_is_named_by_a_summary_without_infrastructure():
         names.run_summary(CHOICES | {"experiment": "tutorial"}, 2, ["experiment=tutorial"])
         == "tutorial: fedavg sgd→sgd 2c"
     )
+    scheduled = CHOICES | {"schedule": "cosine", "server_schedule": "constant"}
+    assert names.run_summary(scheduled, 10, ["schedule=cosine", "aggregator=dp"]) == "fedavg sgd(cosine)→sgd 10c dp"
+
+
+def test_the_setup_line_names_a_schedule_and_its_warm_up():
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["schedule=cosine", "server_schedule=constant", "server_schedule.warmup_rounds=3"])
+    choices = {"optimizer": "sgd", "server_optimizer": "sgd", "schedule": "cosine", "server_schedule": "constant"}
+    line = names.setup_line(cfg, choices)
+    assert "client `sgd` (lr 0.5, `cosine` schedule) → server `sgd` (lr 1.0, 3 warm-up rounds)" in line
+    assert "schedule" not in names.setup_line(compose_config(), {**choices, "schedule": "constant"}).split("model")[0]
+    assert names.label("server_schedule.decay_rate") == "server schedule decay_rate"
 
 
 def test_a_sweep_parent_is_named_by_what_it_varies():
