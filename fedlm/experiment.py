@@ -16,12 +16,12 @@ from typing import Any
 import tensorflow as tf
 import tensorflow_federated as tff
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from fedlm.conf import checks
+from fedlm.conf import checks, schema
 from fedlm.data import preprocessing
 from fedlm.errors import ConfigError
-from fedlm.fl import evaluation, loop, optimizers, process, sampling, schedules
+from fedlm.fl import evaluation, loop, optimizers, privacy, process, sampling, schedules
 from fedlm.model import char_rnn, pretrain, starting_weights
 
 
@@ -47,9 +47,12 @@ def build_schedules(cfg: DictConfig) -> tuple[schedules.Schedule, schedules.Sche
     )
 
 
-def build_learning_process(cfg: DictConfig, model_fn: process.ModelFn) -> tff.learning.templates.LearningProcess:
+def build_learning_process(
+    cfg: DictConfig, model_fn: process.ModelFn, ledger: privacy.Ledger | None = None
+) -> tff.learning.templates.LearningProcess:
     """`algorithm=` over `client_weighting=`, `aggregator=`, `optimizer=`, `server_optimizer=` and their
-    `schedule=`, `server_schedule=`."""
+    `schedule=`, `server_schedule=`; with aggregator=dp's `ledger`, its noise multiplier (calibrated to
+    `aggregator.target_epsilon`, or the configured one)."""
     try:
         client_optimizer, server_optimizer = instantiate(cfg.optimizer), instantiate(cfg.server_optimizer)
     except Exception as e:
@@ -60,7 +63,8 @@ def build_learning_process(cfg: DictConfig, model_fn: process.ModelFn) -> tff.le
     client_optimizer = optimizers.client_optimizer(client_optimizer, client_schedule, cfg.rounds)
     server_optimizer = optimizers.server_optimizer(server_optimizer, server_schedule, cfg.rounds)
     weighting = instantiate(cfg.client_weighting)(model_fn=model_fn)
-    aggregator = instantiate(cfg.aggregator)(
+    noise = {} if ledger is None else {"noise_multiplier": ledger.mechanism.noise_multiplier}
+    aggregator = instantiate(cfg.aggregator, **noise)(
         weighted=weighting.weighting is not None, clients_per_round=cfg.clients_per_round
     )
     return instantiate(cfg.algorithm)(
@@ -81,6 +85,34 @@ def build_client_data(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
     if source.population is None:
         checks.check_population(cfg, train_data.client_ids, len(test_data.client_ids))
     return train_data, test_data
+
+
+def build_privacy_ledger(
+    cfg: DictConfig, population: int, calibrated_noise: float | None = None
+) -> privacy.Ledger | None:
+    """aggregator=dp's privacy ledger (fedlm/fl/privacy.py) for the `population` training clients, None for other
+    aggregators: its noise calibrated to `aggregator.target_epsilon` (or kept: `calibrated_noise`, a resumed run's),
+    or the rounds the budget allows. ConfigError if the budget cannot be met, or allows no round."""
+    if schema.option_type(cfg.aggregator) is not schema.DpAggregator:
+        return None
+    dp: schema.DpAggregator = OmegaConf.to_object(cfg.aggregator)
+    sampling_ = schema.option_type(cfg.sampling).privacy_sampling
+    mechanism = privacy.Mechanism(
+        dp.noise_multiplier, cfg.clients_per_round, population, sampling_, dp.poisson_approximation
+    )
+    budget = f"aggregator.target_epsilon={dp.target_epsilon:g}" if dp.target_epsilon is not None else ""
+    try:
+        ledger = privacy.build_ledger(
+            mechanism, cfg.rounds, dp.delta, dp.accountant.value, dp.target_epsilon, dp.calibrates, calibrated_noise
+        )
+    except privacy.BudgetError as e:
+        raise ConfigError(f"{budget}: {e}; allow a larger epsilon, more clients_per_round or fewer rounds") from e
+    if ledger.rounds == 0:
+        raise ConfigError(
+            f"{budget}: a single round spends epsilon {ledger.epsilon(1):.4g} with aggregator.noise_multiplier="
+            f"{dp.noise_multiplier:g}; allow a larger epsilon or more noise"
+        )
+    return ledger
 
 
 def build_client_sampler(cfg: DictConfig, source: Any, train_data: Any) -> sampling.ClientSampler:
@@ -120,22 +152,40 @@ class Experiment:
     sampler: sampling.ClientSampler
     select_clients: Callable[[int], list[tf.data.Dataset]]
     evaluation: evaluation.Evaluation
+    privacy: privacy.Ledger | None  # aggregator=dp's; None for other aggregators
+    rounds: int  # the rounds to train: the configured ones, or those aggregator.target_epsilon allows
 
 
-def build_experiment(cfg: DictConfig, source: Any, start_weights: list, on_step: Callable[[str], None]) -> Experiment:
+def build_experiment(
+    cfg: DictConfig,
+    source: Any,
+    start_weights: list,
+    on_step: Callable[[str], None],
+    calibrated_noise: float | None = None,
+) -> Experiment:
     """The whole experiment from the config, the data source and the starting weights. `on_step(name)` is called
-    after each costly step (the startup line's laps). Runs inside a TFF execution context."""
+    after each costly step (the startup line's laps). Runs inside a TFF execution context. `calibrated_noise`: a
+    resumed DP run's calibrated noise multiplier (build_privacy_ledger)."""
     keras_model_fn = build_keras_model_fn(cfg.model)
     start_model = keras_model_fn()
     start_model.set_weights(start_weights)
     train_data, test_data = build_client_data(cfg, source)
     on_step("client data")
+    ledger = build_privacy_ledger(cfg, len(train_data.client_ids), calibrated_noise)
     model_fn = process.build_model_fn(keras_model_fn, cfg.seq_length)
-    learning_process = build_learning_process(cfg, model_fn)
+    learning_process = build_learning_process(cfg, model_fn, ledger)
     start = start_process(cfg, learning_process, start_model)
     on_step("TFF process")
     sampler = build_client_sampler(cfg, source, train_data)
     select = loop.build_client_selection(sampler, build_client_datasets(cfg, train_data))
     evaluation_ = build_evaluation(cfg, learning_process, model_fn, keras_model_fn, test_data)
     on_step("eval data")
-    return Experiment(learning_process, loop.LatestState(start), sampler, select, evaluation_)
+    return Experiment(
+        learning_process,
+        loop.LatestState(start),
+        sampler,
+        select,
+        evaluation_,
+        ledger,
+        ledger.rounds if ledger else cfg.rounds,
+    )

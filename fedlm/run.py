@@ -75,7 +75,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
 
     from fedlm import experiment
     from fedlm.conf import preflight
-    from fedlm.fl import checkpoint, loop
+    from fedlm.fl import checkpoint, loop, privacy
     from fedlm.tracking import artifacts, datasets, ledger, plots, release, runs, sweep, tags
 
     hydra_cfg = HydraConfig.get()
@@ -95,10 +95,25 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
     tf.keras.utils.set_random_seed(cfg.seed)
     startup.lap("imports")
 
+    calibrated_noise = None  # a resumed run keeps the noise its rounds were trained with
+    if resume is not None and cfg.aggregator.get("target_epsilon") is not None:
+        logged_noise = mlflow.get_run(resume.run_id).data.params.get("aggregator.noise_multiplier")
+        calibrated_noise = None if logged_noise is None else float(logged_noise)
     with runtime.tff_context(
         runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model))
     ):
-        exp = experiment.build_experiment(cfg, source, init.weights, on_step=startup.lap)
+        exp = experiment.build_experiment(cfg, source, init.weights, startup.lap, calibrated_noise)
+        rounds = exp.rounds  # fewer than cfg.rounds where aggregator.target_epsilon runs out first
+        if exp.privacy is not None:
+            _check_budget_left(cfg, exp.privacy, resume)
+            print(f"fedlm: {privacy.describe(exp.privacy, cfg.rounds)}", flush=True)
+            if cfg.aggregator.zeroing:
+                print(
+                    "fedlm: privacy: aggregator.zeroing=true adapts TFF's zeroing norm from the clients' update norms "
+                    "without noise, which the epsilon does not cover; aggregator.zeroing=false for a guarantee of the "
+                    "whole process",
+                    flush=True,
+                )
         checkpoints = checkpoint.RoundCheckpoints(
             run_dir.checkpoints, cfg.checkpoint_every, cfg.checkpoint_keep, check_state=loop.check_finite_state
         )
@@ -114,15 +129,18 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             cfg.sample_length,
             cfg.seed,
             cfg.sample_every,
-            cfg.rounds,
+            rounds,
             done_rounds=release.sampled_rounds(resume.run_id) if resume else (),
             writer=writer,
         )
-        managers = [metrics, release.ProgressReleaseManager(cfg.rounds), samples, loop.DivergenceCheck()]
+        managers = [metrics, release.ProgressReleaseManager(rounds), samples, loop.DivergenceCheck()]
+        if exp.privacy is not None:
+            managers.append(release.PrivacyReleaseManager(exp.privacy, already_logged=logged, writer=writer))
         choices = dict(hydra_cfg.runtime.choices)
-        with runs.open_run(cfg, choices, resume, run_dir, overrides, sweep_dir, metrics) as run_id:
+        extra_params = exp.privacy.params() if exp.privacy is not None else {}
+        with runs.open_run(cfg, choices, resume, run_dir, overrides, sweep_dir, metrics, extra_params) as run_id:
             writer.attach(run_id, logged)  # a resumed run first logs the metrics its store lacks
-            mlflow.log_dict({r: exp.sampler(r) for r in range(1, cfg.rounds + 1)}, "sampled_clients.json")
+            mlflow.log_dict({r: exp.sampler(r) for r in range(1, rounds + 1)}, "sampled_clients.json")
             # the data's constants: the run's datasets (train, eval) and tags, not metrics
             datasets.log_inputs(source, exp.evaluation.client_ids, exp.evaluation.num_sequences())
             mlflow.set_tags(
@@ -136,7 +154,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 state = loop.train(
                     exp.process,
                     exp.select_clients,
-                    cfg.rounds,
+                    rounds,
                     exp.evaluation.evaluate,
                     exp.evaluation.data,
                     cfg.eval_every,
@@ -148,7 +166,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 final_model = artifacts.portable_copy(exp.learning_process.get_model_weights(state))
                 path = writer.call(
                     lambda: artifacts.log_final_model(  # with the last round's metrics linked
-                        final_model, str(run_dir.path), cfg.mlflow.registered_model_name, step=cfg.rounds
+                        final_model, str(run_dir.path), cfg.mlflow.registered_model_name, step=rounds
                     ),
                     "the final model",
                 )
@@ -156,9 +174,11 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 runs.end_early(checkpoints, e, run_id, run_dir, overrides, writer)
                 raise
             try:  # the learning curves; a figure that fails must not fail the finished run
-                plots.log_run_figure(run_id, step=cfg.rounds)
+                plots.log_run_figure(run_id, step=rounds)
             except Exception as e:
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
+            if rounds < cfg.rounds:  # the budget ran out first: a finished run of the rounds it allowed
+                writer.call(lambda: mlflow.set_tag(tags.PRIVACY_STOPPED_AFTER_ROUND, str(rounds)), "the budget's tag")
             writer.finish("FINISHED", wait=True)
         final = metrics.latest  # said inside the TFF context: leaving it is where a late signal stops the process
         print(
@@ -166,7 +186,25 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             f"eval_perplexity {final['eval_perplexity']:.2f}; model at {path}",
             flush=True,
         )
+        if exp.privacy is not None:
+            spent = exp.privacy.epsilon(rounds)
+            stopped = f"; the budget stopped it after round {rounds} of {cfg.rounds}" if rounds < cfg.rounds else ""
+            print(
+                f"privacy: epsilon {spent:.4g} at delta {exp.privacy.delta:.3g} after {rounds} rounds{stopped}",
+                flush=True,
+            )
     return float(final["eval_loss"])
+
+
+def _check_budget_left(cfg: DictConfig, ledger, resume) -> None:
+    """A resumed run whose budget (aggregator.target_epsilon) is spent has no round left to train: say so."""
+    if resume is not None and resume.round >= ledger.rounds and ledger.rounds < cfg.rounds:
+        raise ConfigError(
+            f"resume: aggregator.target_epsilon={ledger.target_epsilon:g} is spent after round {ledger.rounds} "
+            f"(epsilon {ledger.epsilon(ledger.rounds):.4g}; round {ledger.rounds + 1} would reach "
+            f"{ledger.epsilon(ledger.rounds + 1):.4g}), where the run stopped: no round of rounds={cfg.rounds} is "
+            "left within the budget; start a new run with a larger aggregator.target_epsilon"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -404,30 +404,52 @@ def _check_population_size(cfg: DictConfig, population: Sequence[str], how: str)
         )
 
 
+# How a sampling option draws, as the privacy ledger of aggregator=dp (fedlm/fl/privacy.py) needs to know it.
+SAMPLED_WITHOUT_REPLACEMENT = "without_replacement"  # clients_per_round distinct clients uniformly, anew each round
+SAME_CLIENTS = "same_clients"  # the same clients every round: no amplification by sampling
+
+
 @dataclass
-class UniformSampling(Option):
+class SamplingOption(Option):
+    # How it draws, for aggregator=dp's accounting; None: no accountant of dp_accounting covers it, and why.
+    privacy_sampling: ClassVar[Optional[str]] = None
+    privacy_unsupported: ClassVar[str] = ""
+
+
+@dataclass
+class UniformSampling(SamplingOption):
     _target_: str = "fedlm.fl.sampling.uniform"
+    privacy_sampling: ClassVar[Optional[str]] = SAMPLED_WITHOUT_REPLACEMENT
 
     def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
         _check_population_size(cfg, population, "uniform")
 
 
 @dataclass
-class WithReplacementSampling(Option):
+class WithReplacementSampling(SamplingOption):
     _target_: str = "fedlm.fl.sampling.with_replacement"
+    privacy_unsupported: ClassVar[str] = (
+        "a client drawn k times in a round adds k clipped updates (sensitivity k x the clip), and dp_accounting has "
+        "no accountant for fixed-size sampling with replacement (neither RDP nor PLD supports "
+        "SampledWithReplacementDpEvent)"
+    )
 
 
 @dataclass
-class SizeWeightedSampling(Option):
+class SizeWeightedSampling(SamplingOption):
     _target_: str = "fedlm.fl.sampling.size_weighted"
+    privacy_unsupported: ClassVar[str] = (
+        "its chances depend on the clients' data (their sizes), and no accountant of dp_accounting covers such sampling"
+    )
 
     def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
         _check_population_size(cfg, population, "size_weighted")
 
 
 @dataclass
-class FixedSampling(Option):
+class FixedSampling(SamplingOption):
     _target_: str = "fedlm.fl.sampling.fixed"
+    privacy_sampling: ClassVar[Optional[str]] = SAME_CLIENTS
     clients: Optional[list[str]] = None  # the client ids trained every round
 
     def check(self, cfg: DictConfig) -> None:
@@ -467,11 +489,26 @@ class MeanAggregator(Option):
     _target_: str = "fedlm.fl.aggregators.mean"
 
 
+class Accountant(enum.Enum):
+    rdp = "rdp"  # Renyi DP (dp_accounting.rdp.RdpAccountant): every sampling aggregator=dp supports
+    pld = "pld"  # privacy loss distributions (dp_accounting.pld.PLDAccountant): tighter; no fixed-size sampling
+
+
 @dataclass
 class DpAggregator(Option):
     _target_: str = "fedlm.fl.aggregators.dp"
     noise_multiplier: float = constrained(0.5, ge=0.0)  # Gaussian noise std / adaptive clipping norm
     zeroing: bool = True  # also zero out updates of outlying norm (TFF's adaptive zeroing)
+    # The privacy ledger (fedlm/fl/privacy.py): epsilon at this delta every round; null: 1 / population^1.1.
+    delta: Optional[float] = constrained(None, gt=0.0, lt=1.0)
+    accountant: Accountant = Accountant.rdp
+    # Account for uniform sampling as Poisson sampling of rate clients_per_round / population (TFF's tutorials,
+    # most papers): comparable with them, but not a guarantee for the fixed-size sampling fedlm does.
+    poisson_approximation: bool = False
+    # A budget: noise_multiplier is calibrated so that `rounds` rounds spend it (or, with stop_at_epsilon, the
+    # configured noise_multiplier trains as many rounds as the budget allows).
+    target_epsilon: Optional[float] = constrained(None, gt=0.0)
+    stop_at_epsilon: bool = False
 
     def check(self, cfg: DictConfig) -> None:
         weighting = option_type(cfg.client_weighting)
@@ -482,13 +519,44 @@ class DpAggregator(Option):
                 "client_weighting=uniform"
             )
         noise = self.noise_multiplier
-        if noise > 0 and noise >= 0.1 * cfg.clients_per_round:
+        if noise > 0 and noise >= 0.1 * cfg.clients_per_round and not self.calibrates:
             raise ConfigError(
                 f"aggregator.noise_multiplier={noise} with clients_per_round={cfg.clients_per_round}: TFF's adaptive "
                 "clipping also noises each round's clipped-client count (stddev 0.05 x clients_per_round), which "
                 f"must carry less than the whole noise: needs clients_per_round > {10 * noise:g}, or a smaller "
                 "noise_multiplier"
             )
+        sampling = option_type(cfg.sampling)
+        name = choice_name(sampling)
+        if sampling.privacy_sampling is None:
+            raise ConfigError(
+                f"aggregator=dp with sampling={name}: no privacy accounting for it: {sampling.privacy_unsupported}; "
+                "use sampling=uniform (fixed-size, without replacement) or sampling=fixed"
+            )
+        if self.poisson_approximation and sampling.privacy_sampling != SAMPLED_WITHOUT_REPLACEMENT:
+            raise ConfigError(
+                f"aggregator.poisson_approximation=true with sampling={name}: it approximates uniform sampling; "
+                f"sampling={name} trains the same clients every round, with nothing to approximate"
+            )
+        if (
+            self.accountant == Accountant.pld
+            and sampling.privacy_sampling == SAMPLED_WITHOUT_REPLACEMENT
+            and not self.poisson_approximation
+        ):
+            raise ConfigError(
+                f"aggregator.accountant=pld with sampling={name}: dp_accounting's PLD accountant has no fixed-size "
+                "sampling without replacement (its RDP accountant has); use aggregator.accountant=rdp, or "
+                "aggregator.poisson_approximation=true to account for it as Poisson sampling"
+            )
+        if self.stop_at_epsilon and self.target_epsilon is None:
+            raise ConfigError(
+                "aggregator.stop_at_epsilon=true: no budget to stop at; set aggregator.target_epsilon too"
+            )
+
+    @property
+    def calibrates(self) -> bool:
+        """The noise multiplier is calibrated to the budget (not the configured one)."""
+        return self.target_epsilon is not None and not self.stop_at_epsilon
 
 
 @dataclass

@@ -5,7 +5,7 @@ it returns TFF's model-update aggregation factory (None: TFF's default mean)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow_federated as tff
 
@@ -17,8 +17,22 @@ def mean(*, weighted: bool, clients_per_round: int) -> Factory:
     return None
 
 
-def dp(noise_multiplier: float, zeroing: bool, *, weighted: bool, clients_per_round: int) -> Factory:
-    """User-level DP: adaptive clipping + Gaussian noise (tff.learning.dp_aggregator); unweighted only."""
+def dp(
+    noise_multiplier: float,
+    zeroing: bool,
+    delta: float | None,
+    accountant: Any,
+    poisson_approximation: bool,
+    target_epsilon: float | None,
+    stop_at_epsilon: bool,
+    *,
+    weighted: bool,
+    clients_per_round: int,
+) -> Factory:
+    """User-level DP: adaptive clipping + Gaussian noise (tff.learning.dp_aggregator); unweighted only.
+
+    The accounting keys (delta ... stop_at_epsilon) are the privacy ledger's (fedlm/fl/privacy.py, built by
+    fedlm.experiment, which passes the noise multiplier calibrated to target_epsilon as `noise_multiplier`)."""
     if weighted:  # the option's check refuses this first, naming the keys to change
         raise ValueError("aggregator=dp is unweighted only: use client_weighting=uniform")
     return tff.learning.dp_aggregator(noise_multiplier, clients_per_round, zeroing=zeroing)

@@ -24,6 +24,7 @@ _RENAMED = {
     "server_learning_rate": "train/server_learning_rate",
 }
 EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
+PRIVACY_EPSILON = "privacy_epsilon"  # aggregator=dp: the epsilon spent after each round (fedlm/fl/privacy.py)
 
 
 def metric(name: str) -> str:

@@ -51,6 +51,28 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
             mlflow.log_metrics(new, step=int(key))
 
 
+class PrivacyReleaseManager(tff.program.ReleaseManager):
+    """aggregator=dp: logs `privacy_epsilon`, the epsilon its rounds so far have spent (the run's
+    `fedlm.fl.privacy.Ledger`), step = round, from round 0 (nothing spent). A round released twice (training, then a
+    final evaluation) is logged once; a resumed run's logged steps are not logged again."""
+
+    def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
+        self._ledger = ledger
+        self._done: set[int] = set((already_logged or {}).get(names.PRIVACY_EPSILON, ()))
+        self._writer = writer
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done:
+            return
+        self._done.add(key)
+        metrics = {names.PRIVACY_EPSILON: self._ledger.epsilon(key)}
+        if self._writer is not None:
+            self._writer.log(key, metrics)
+        else:
+            mlflow.log_metrics(metrics, step=key)
+
+
 def logged_steps(run_id: str) -> dict[str, set[int]]:
     """MLflow metric name -> the steps the run already has."""
     client = mlflow.MlflowClient()

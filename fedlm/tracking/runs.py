@@ -78,13 +78,16 @@ def open_run(
     overrides: list[str],
     sweep_dir: str | None,
     metrics_manager: Any,
+    extra_params: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """The job's MLflow run, with its config logged and its setup as its description: a new one (a sweep's child in
     a multirun) or, resuming, the interrupted one, whose logged params are kept and whose last metrics the final
-    summary may need. Its id. Once the body is done, the description adds the eval figures at start and end."""
+    summary may need. Its id. Once the body is done, the description adds the eval figures at start and end.
+    `extra_params` are logged with the config's, in place of a key's configured value (the privacy ledger's: the
+    noise multiplier used, delta as a number)."""
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     flat = schema.flat_config(cfg)
-    params = store.run_params(flat, choices)
+    params = store.run_params(flat, choices) | dict(extra_params or {})
     if resume:
         # The run's own experiment made active: MLflow otherwise takes the experiment of calls without one (the
         # final model's metrics) from $MLFLOW_EXPERIMENT_ID -- which `mlflow.set_experiment` in any parent process

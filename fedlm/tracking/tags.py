@@ -18,6 +18,7 @@ RESUMED_AFTER_ROUNDS = "fedlm.resumed_after_rounds"  # comma-separated: the chec
 KERAS_MODEL = "fedlm.keras_model"  # the artifact path of the run's final Keras model file (fedlm.generate)
 MODEL_INIT = "fedlm.model_init"  # the file the starting weights came from
 MODEL_INIT_NOTES = "fedlm.model_init_notes"  # how they were adapted, if they were
+PRIVACY_STOPPED_AFTER_ROUND = "fedlm.privacy_stopped_after_round"  # aggregator.target_epsilon ran out then
 DATA_OOV_DISTINCT = "fedlm.data_oov_distinct"  # the characters of the federated text outside the vocabulary
 CONFIG_PREFIX = "fedlm.config."  # + a machine-local config key (schema.MACHINE_KEYS): fedlm.config.cache_dir
 STAT_PREFIX = "fedlm."  # + a constant of the run: fedlm.data_clients, fedlm.eval_sequences, fedlm.random_guess_accuracy

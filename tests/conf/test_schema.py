@@ -202,6 +202,37 @@ def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, 
             ["aggregator=dp", "client_weighting=uniform", "aggregator.noise_multiplier=1.0"],
             r"aggregator.noise_multiplier=1.0 with clients_per_round=10: .*needs clients_per_round > 10",
         ),
+        *[
+            (
+                ["aggregator=dp", "client_weighting=uniform", f"sampling={s}"],
+                f"aggregator=dp with sampling={s}: no privacy accounting for it: .*use sampling=uniform",
+            )
+            for s in ("with_replacement", "size_weighted")
+        ],
+        (
+            ["aggregator=dp", "client_weighting=uniform", "aggregator.accountant=pld"],
+            "aggregator.accountant=pld with sampling=uniform: dp_accounting's PLD accountant has no fixed-size",
+        ),
+        (
+            ["aggregator=dp", "client_weighting=uniform", "aggregator.stop_at_epsilon=true"],
+            "aggregator.stop_at_epsilon=true: no budget to stop at; set aggregator.target_epsilon",
+        ),
+        (
+            [
+                "aggregator=dp",
+                "client_weighting=uniform",
+                "aggregator.poisson_approximation=true",
+                "sampling=fixed",
+                "sampling.clients=[A,B]",
+                "clients_per_round=2",
+                "aggregator.noise_multiplier=0.1",
+            ],
+            "aggregator.poisson_approximation=true with sampling=fixed: it approximates uniform sampling",
+        ),
+        (
+            ["aggregator=dp", "client_weighting=uniform", "aggregator.delta=1"],
+            "aggregator.delta=1.0: must be > 0.0 and < 1.0",
+        ),
         (["optimizer=adafactor"], "optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
         (["server_optimizer=adafactor"], "server_optimizer=adafactor: TFF 0.87's build_adafactor does not run"),
         (
