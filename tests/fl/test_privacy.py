@@ -139,7 +139,9 @@ def test_the_event_accounted_for_is_the_one_tffs_dp_aggregator_reports(zeroing):
     from fedlm.fl import aggregators, runtime
 
     noise, clients = 1.0, 20
-    factory = aggregators.dp(noise, zeroing, None, "rdp", False, None, False, weighted=False, clients_per_round=clients)
+    factory = aggregators.dp(
+        noise, zeroing, None, "rdp", False, None, False, weighted=False, clients_per_round=clients, seed=0
+    )
     with runtime.tff_context():
         process = factory.create(tff.TensorType(np.float32, [3]))
         state = process.next(process.initialize(), [np.full(3, i, np.float32) for i in range(4)]).state
