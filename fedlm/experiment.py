@@ -65,7 +65,7 @@ def build_learning_process(
     weighting = instantiate(cfg.client_weighting)(model_fn=model_fn)
     noise = {} if ledger is None else {"noise_multiplier": ledger.mechanism.noise_multiplier}
     aggregator = instantiate(cfg.aggregator, **noise)(
-        weighted=weighting.weighting is not None, clients_per_round=cfg.clients_per_round
+        weighted=weighting.weighting is not None, clients_per_round=cfg.clients_per_round, seed=cfg.seed
     )
     return instantiate(cfg.algorithm)(
         weighting=weighting, client_optimizer=client_optimizer, server_optimizer=server_optimizer, aggregator=aggregator

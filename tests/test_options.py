@@ -108,7 +108,7 @@ def test_aggregator_options_build_an_aggregation_factory(option, tiny):
     import tensorflow_federated as tff
 
     weighted = option != "dp"
-    factory = build("aggregator", option, tiny, weighted=weighted, clients_per_round=10)
+    factory = build("aggregator", option, tiny, weighted=weighted, clients_per_round=10, seed=0)
     assert factory is None if option == "mean" else isinstance(factory, tff.aggregators.AggregationFactory)
 
 

@@ -31,8 +31,9 @@ import math
 import dp_accounting
 from dp_accounting.rdp import rdp_privacy_accountant
 
-WITHOUT_REPLACEMENT = "without_replacement"  # fedlm.conf.schema.SAMPLED_WITHOUT_REPLACEMENT
-SAME_CLIENTS = "same_clients"  # fedlm.conf.schema.SAME_CLIENTS
+from fedlm.conf.schema import SAME_CLIENTS
+from fedlm.conf.schema import SAMPLED_WITHOUT_REPLACEMENT as WITHOUT_REPLACEMENT
+
 ACCOUNTANTS = ("rdp", "pld")
 Relation = dp_accounting.NeighboringRelation
 

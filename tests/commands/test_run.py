@@ -97,6 +97,39 @@ def test_same_seed_same_clients_and_metrics_other_seed_other_clients(tiny_run_id
         np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)], rtol=1e-5)
 
 
+@pytest.mark.e2e
+def test_a_dp_run_logs_the_epsilon_each_round_spends_and_stops_at_its_budget(tmp_path):
+    """aggregator=dp: `privacy_epsilon` every round is dp_accounting's for the run's mechanism (fixed-size sampling
+    of 6 of the 894 clients without replacement, noise multiplier 0.5), with delta and the population as params;
+    with aggregator.stop_at_epsilon the run ends, finished, after the last round within aggregator.target_epsilon."""
+    from fedlm.fl import privacy
+    from tests.fl.test_privacy import direct
+
+    population = 894  # the default data's training clients (checked below)
+    delta = 1 / population**1.1
+
+    def spent(rounds: int) -> float:
+        return direct(0.5, rounds, privacy.WITHOUT_REPLACEMENT, "rdp", population=population, clients=6, delta=delta)
+
+    budget = (spent(2) + spent(3)) / 2  # allows 2 of the 4 rounds
+    dp = ["aggregator=dp", "client_weighting=uniform", "clients_per_round=6", "aggregator.stop_at_epsilon=true"]
+    result = run_fedlm(
+        [*TINY, "rounds=4", *dp, f"aggregator.target_epsilon={budget}", "mlflow.experiment_name=dp"], tmp_path
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "it allows 2 of the 4 rounds" in result.stdout and "round 2/2" in result.stdout
+    (run,) = mlflow.search_runs(experiment_names=["dp"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.tags["fedlm.privacy_stopped_after_round"] == "2"
+    assert run.data.tags["fedlm.data_clients"] == str(population) == run.data.params["population"]
+    assert float(run.data.params["aggregator.delta"]) == pytest.approx(delta, rel=1e-12)
+    assert run.data.params["aggregator.accountant"] == "rdp"
+    logged = _metric_steps(mlflow.MlflowClient(), run.info.run_id, "privacy_epsilon")
+    assert sorted(logged) == [0, 1, 2]
+    for step, value in logged.items():
+        assert value == pytest.approx(spent(step) if step else 0.0, rel=1e-6)
+    assert logged[2] <= budget < spent(3)
+
+
 def _pretrain_args(cfg):
     return cfg.model, cfg.pretrain, cfg.data.proxy_genres, cfg.cache_dir
 

@@ -19,21 +19,32 @@ N, M = 894, 20  # the default data's training clients; clients a round
 DELTA = 1 / N**1.1
 
 
-def direct(noise: float, rounds: int, sampling: str, accountant: str, poisson: bool = False) -> float:
+def direct(
+    noise: float,
+    rounds: int,
+    sampling: str,
+    accountant: str,
+    poisson: bool = False,
+    population: int = N,
+    clients: int = M,
+    delta: float = DELTA,
+) -> float:
     """Epsilon of the mechanism written out with dp_accounting's classes alone."""
     if sampling == privacy.SAME_CLIENTS:
         relation, event = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE, dp_accounting.GaussianDpEvent(noise)
     elif poisson:
         relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-        event = dp_accounting.PoissonSampledDpEvent(M / N, dp_accounting.GaussianDpEvent(noise))
+        event = dp_accounting.PoissonSampledDpEvent(clients / population, dp_accounting.GaussianDpEvent(noise))
     else:  # replace-one: the clipped sum's sensitivity is twice the clip
         relation = dp_accounting.NeighboringRelation.REPLACE_ONE
-        event = dp_accounting.SampledWithoutReplacementDpEvent(N, M, dp_accounting.GaussianDpEvent(noise / 2))
+        event = dp_accounting.SampledWithoutReplacementDpEvent(
+            population, clients, dp_accounting.GaussianDpEvent(noise / 2)
+        )
     if accountant == "rdp":
         acc = rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation)
     else:
         acc = pld_privacy_accountant.PLDAccountant(neighboring_relation=relation)
-    return acc.compose(dp_accounting.SelfComposedDpEvent(event, rounds)).get_epsilon(DELTA)
+    return acc.compose(dp_accounting.SelfComposedDpEvent(event, rounds)).get_epsilon(delta)
 
 
 CASES = [  # (sampling, accountant, poisson approximation): every one a DP run can be configured with
@@ -139,7 +150,9 @@ def test_the_event_accounted_for_is_the_one_tffs_dp_aggregator_reports(zeroing):
     from fedlm.fl import aggregators, runtime
 
     noise, clients = 1.0, 20
-    factory = aggregators.dp(noise, zeroing, None, "rdp", False, None, False, weighted=False, clients_per_round=clients)
+    factory = aggregators.dp(
+        noise, zeroing, None, "rdp", False, None, False, weighted=False, clients_per_round=clients, seed=0
+    )
     with runtime.tff_context():
         process = factory.create(tff.TensorType(np.float32, [3]))
         state = process.next(process.initialize(), [np.full(3, i, np.float32) for i in range(4)]).state

@@ -248,3 +248,75 @@ def test_a_resumed_run_continues_both_schedules_where_its_checkpoint_left_them(s
     second = started.next(loaded, [CLIENTS["A"]]).metrics
     assert second["client_work"]["client_learning_rate"] == pytest.approx(0.5 * 0.25)  # optimizer=sgd's 0.5
     assert second["finalizer"]["learning_rate"] == pytest.approx(1.0 / np.sqrt(2))  # server_optimizer=sgd's 1.0
+
+
+def dp_process(seed: int):
+    cfg = compose_config(
+        [
+            "optimizer=sgd",
+            "optimizer.learning_rate=1.0",
+            "server_optimizer=sgd",
+            "clients_per_round=2",
+            "client_weighting=uniform",
+            "aggregator=dp",
+            "aggregator.noise_multiplier=0.1",
+            f"seed={seed}",
+        ]
+    )
+    return experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+
+
+def dp_start_state(process, start):
+    import tensorflow_federated as tff
+
+    template = keras_model()
+    template.set_weights(start)
+    return process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
+
+
+def weights(process, state) -> list[np.ndarray]:
+    return [np.asarray(w) for w in process.get_model_weights(state).trainable]
+
+
+def test_dp_runs_reproduce_and_resume_to_the_uninterrupted_result(start, tmp_path):
+    """The DP noise is a function of (seed, round): two runs of one seed train the same weights, another seed other
+    ones, and a process built anew from round 1's checkpoint (a resumed run) trains round 2 as the first did."""
+    import asyncio
+
+    import tensorflow_federated as tff
+
+    clients = [CLIENTS["A"], CLIENTS["B"]]
+    process = dp_process(seed=5)
+    round1 = process.next(dp_start_state(process, start), clients).state
+    round2 = process.next(round1, clients).state
+
+    again = dp_process(seed=5)
+    state = again.next(again.next(dp_start_state(again, start), clients).state, clients).state
+    for a, b in zip(weights(again, state), weights(process, round2)):
+        np.testing.assert_array_equal(a, b)
+    other = dp_process(seed=6)
+    state = other.next(other.next(dp_start_state(other, start), clients).state, clients).state
+    assert norm(delta(weights(other, state), weights(process, round2))) > 1e-4
+
+    files = tff.program.FileProgramStateManager(str(tmp_path))
+    asyncio.run(files.save(round1, 1))
+    resumed = dp_process(seed=5)
+    saved = asyncio.run(files.load(1, resumed.initialize()))
+    state = resumed.next(saved, clients).state
+    for a, b in zip(weights(resumed, state), weights(process, round2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_seeded_noise_is_gaussian_of_the_querys_stddev_and_new_every_round():
+    import tensorflow_privacy as tfp
+
+    from fedlm.fl.aggregators import SeededNoiseQuery
+
+    query = SeededNoiseQuery(tfp.GaussianSumQuery(l2_norm_clip=1.0, stddev=2.0), seed=3)
+    zeros = tf.zeros([20_000])
+    state = query.initial_global_state()
+    first, next_state, _ = query.get_noised_result(zeros, state)
+    second, _, _ = query.get_noised_result(zeros, next_state)
+    np.testing.assert_array_equal(first, query.get_noised_result(zeros, state)[0])  # the same round: the same noise
+    assert float(np.corrcoef(first, second)[0, 1]) < 0.05  # the next round: new noise
+    assert float(np.std(first)) == pytest.approx(2.0, rel=0.03) and abs(float(np.mean(first))) < 0.05
