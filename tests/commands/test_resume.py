@@ -136,6 +136,7 @@ def test_diverging_run_stops_keeps_last_good_checkpoint_and_fails(tmp_path):
     assert max(m.step for m in train_loss) == round_num  # the bad round is logged, nothing after it
 
 
+@pytest.mark.e2e
 def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     """optimizer.learning_rate=1e6: round 1's train_loss is ~6e5 nats a character. Its perplexity overflowed in the
     metrics (OverflowError): the round went unlogged, the divergence check never ran, and the run failed with a
@@ -154,6 +155,7 @@ def test_a_huge_but_finite_loss_is_divergence_not_a_crash(tmp_path):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/perplexity")] == [1]
 
 
+@pytest.mark.e2e
 def test_resumed_run_has_each_rounds_samples_once(tmp_path):
     """Killed after round 3 (logged with its samples, not checkpointed: every 2 rounds), resumed: round 3 is
     recomputed, and its samples were appended again, since the rounds already in the table were looked up in the
