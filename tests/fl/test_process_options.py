@@ -3,6 +3,8 @@ aggregator (fl/aggregators.py) and algorithm (fl/algorithms.py) does what it say
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,17 +48,29 @@ def start() -> list[np.ndarray]:
     return keras_model().get_weights()
 
 
-def one_round(start, clients: list[str], overrides: list[str]) -> list[np.ndarray]:
-    """Server weights after one round from `start` (client SGD 0.1, server SGD 1.0: the new model is the mean)."""
-    import tensorflow_federated as tff
-
+@functools.cache
+def plain_process(overrides: tuple[str, ...]):
+    """The process of client SGD 0.1, server SGD 1.0 (the new model is the mean) and `overrides`; built once per
+    module (building is most of a test's time)."""
     cfg = compose_config(
         ["optimizer=sgd", "optimizer.learning_rate=0.1", "server_optimizer=sgd", "clients_per_round=2", *overrides]
     )
-    process = experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+    return experiment.build_learning_process(cfg, fl_process.build_model_fn(keras_model, SEQ))
+
+
+def one_round(start, clients: list[str], overrides: list[str], client_rate: float | None = None) -> list[np.ndarray]:
+    """Server weights after one round from `start`; `client_rate`: the client optimizer's rate set through TFF's
+    hparams, as if configured."""
+    import tensorflow_federated as tff
+
+    process = plain_process(tuple(overrides))
     template = keras_model()
     template.set_weights(start)
     state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
+    if client_rate is not None:
+        hparams = process.get_hparams(state)
+        hparams["client_work"]["optimizer"]["learning_rate"] = np.float32(client_rate)
+        state = process.set_hparams(state, hparams)
     state = process.next(state, [CLIENTS[c] for c in clients]).state
     return [np.asarray(w) for w in process.get_model_weights(state).trainable]
 
@@ -196,7 +210,7 @@ def test_each_round_trains_at_the_scheduled_client_rate(start, extra):
     weights = start
     for (scheduled, metrics), rate in zip(got, [0.1, 0.025]):
         assert metrics["client_work/client_learning_rate"] == pytest.approx(rate)
-        plain = one_round(weights, ["A", "B"], [*extra, f"optimizer.learning_rate={rate}"])
+        plain = one_round(weights, ["A", "B"], extra, client_rate=rate)
         for s, p in zip(scheduled, plain):
             np.testing.assert_allclose(s, p, rtol=1e-5, atol=1e-7)
         weights = full_weights(start, scheduled)
