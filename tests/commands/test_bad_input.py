@@ -257,13 +257,15 @@ def test_default_run_directories_of_the_same_second_differ():
 
 
 def test_a_database_store_without_its_driver_is_refused_naming_the_package():
+    """PostgreSQL's driver is a dependency (psycopg2-binary); MySQL's is not."""
     with pytest.raises(
         ConfigError,
-        match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='postgresql://fedlm:\*\*\*@"
-        r"db/runs': the database driver 'psycopg2' is not installed; .*"
-        r"uv add psycopg2-binary",
+        match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='mysql://fedlm:\*\*\*@"
+        r"db/runs': the database driver 'MySQLdb' is not installed; .*"
+        r"uv add mysqlclient",
     ):
-        preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")
+        preflight.check_tracking_store("mysql://fedlm:secret@db/runs")
+    preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")  # the driver is there: nothing to refuse
 
 
 def test_a_deleted_experiment_is_refused_before_any_work(tmp_path):
