@@ -4,11 +4,17 @@ fedlm subprocesses, and a session-wide check that no process the tests started i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -202,6 +208,51 @@ def tiny_run_id(tiny_run) -> str:
 
     (run,) = mlflow.search_runs(experiment_names=[TINY_RUN_EXPERIMENT], output_format="list")
     return run.info.run_id
+
+
+@dataclasses.dataclass(frozen=True)
+class TeamServer:
+    uri: str  # the tracking server, http://127.0.0.1:<port>
+    database_uri: str  # its PostgreSQL database, as a direct store
+    directory: Path  # its --dir: PostgreSQL's data and the served artifacts
+    ready_line: str  # the command's line saying how long PostgreSQL and MLflow took to start
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def team_server() -> Iterator[TeamServer]:
+    """`python -m fedlm.server`: PostgreSQL (as the `postgres` user when the tests run as root) and an MLflow
+    tracking server on it, on free loopback ports, in their own session; stopped and checked gone by session id."""
+    directory = Path(tempfile.mkdtemp(prefix="fedlm-server-"))  # not under pytest's 0700 tmp: postgres reaches it
+    directory.chmod(0o755)
+    port, database_port = _free_loopback_port(), _free_loopback_port()
+    args = ["--dir", str(directory), "--port", str(port), "--db-port", str(database_port), "--workers", "1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedlm.server", *args],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    _sessions.add(proc.pid)
+    try:
+        ready = read_until(proc, r"^fedlm\.server: MLflow at ").splitlines()[-1]
+        database = f"postgresql://mlflow@127.0.0.1:{database_port}/mlflow"
+        yield TeamServer(f"http://127.0.0.1:{port}", database, directory, ready)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        assert_session_ended(proc.pid)
+        shutil.rmtree(directory, ignore_errors=True)
+    assert proc.returncode == 0 and "fedlm.server: stopped (SIGTERM)" in out, out[-3000:]
 
 
 def _alive_in_session(p: psutil.Process, session_id: int | None) -> bool:

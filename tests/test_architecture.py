@@ -20,7 +20,7 @@ LAYERS = [
     ("fl", ["fedlm.fl"]),
     ("tracking", ["fedlm.tracking"]),
     ("experiment", ["fedlm.experiment"]),
-    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench"]),
+    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench", "fedlm.server"]),
 ]
 COMMANDS = dict(LAYERS)["commands"]
 
@@ -54,6 +54,7 @@ LIGHT = [
     "fedlm.pretrain",
     "fedlm.generate",
     "fedlm.report",
+    "fedlm.server",  # starts `mlflow server` as a process: imports no MLflow itself
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")
 

@@ -100,6 +100,26 @@ def check_tracking_store(uri: str, timeout: float = 5.0) -> None:
     # other schemes (databricks, ...): MLflow's own client reports its errors
 
 
+# Launchers (their `_target_`) that run a sweep's jobs on other machines: the jobs must reach the store over the
+# network. Ray's and RQ's may too (a cluster address, a queue's workers); fedlm ships neither.
+REMOTE_LAUNCHERS = ("hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",)
+
+
+def check_store_shared_by_jobs(uri: str, launcher_target: str) -> None:
+    """A sweep whose jobs run on other machines needs a store they all reach: a tracking server or a database server.
+    A sqlite or file store is a path on this machine (on a shared filesystem, sqlite's locking is unreliable)."""
+    if launcher_target not in REMOTE_LAUNCHERS:
+        return
+    if uri.startswith(("sqlite:", "file:")) or os.path.isabs(uri):
+        launcher = launcher_target.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"mlflow.tracking_uri (or $MLFLOW_TRACKING_URI)={uri!r}: a local store, but hydra/launcher ({launcher}) "
+            "runs the jobs on other machines; give a store they all reach: an MLflow server "
+            "(mlflow.tracking_uri=http://<host>:<port>, e.g. started by python -m fedlm.server) or "
+            "postgresql://<user>@<host>:<port>/<database>"
+        )
+
+
 def check_run_dir_unused(path: str | os.PathLike, key: str) -> None:
     """A new run must not start in a directory that holds another run: Hydra would rewrite that run's `.hydra`
     record (config, overrides) before fedlm runs, and its checkpoints would be another run's."""

@@ -53,15 +53,34 @@ def kill_children(timeout: float = 5.0, keep_resource_tracker: bool = False) -> 
 
 
 def _die_with_parent(parent_pid: int) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG)."""
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, in the parent: the child only calls it
+    """A `preexec_fn`: the child gets SIGKILL when its parent dies (Linux PR_SET_PDEATHSIG), and SIGINT reaches it
+    (`_signals_cleared`)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl = libc.prctl  # resolved here, in the parent: the child only calls it
+    clear_signals = _signals_cleared(libc)
 
     def preexec() -> None:
         prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:  # the parent died between fork and prctl: nobody would signal us
             os.kill(os.getpid(), signal.SIGKILL)
+        clear_signals()
 
     return preexec
+
+
+def _signals_cleared(libc: ctypes.CDLL) -> Callable[[], None]:
+    """For the worker's `preexec_fn`: no signal blocked, SIGINT at its default. TFF stops its worker with SIGINT and
+    then waits without a timeout; a blocked SIGINT (Ray's job workers block it; the mask is inherited through fork
+    and exec) or an ignored one (kept across exec) would make every run hang at its end."""
+    set_handler = libc.signal  # libc's: Python's `signal.signal` works only in the main thread, and TFF forks from
+    set_handler.restype = ctypes.c_void_p  # its event-loop thread
+    set_handler.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+    def clear() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        set_handler(signal.SIGINT, 0)  # SIG_DFL
+
+    return clear
 
 
 class _WorkerPopen(subprocess.Popen):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -206,9 +207,17 @@ class MlflowSweepCallback(Callback):
         import mlflow
         from mlflow.entities import Param
 
+        from fedlm.conf import preflight
+        from fedlm.errors import ConfigError
         from fedlm.tracking import store
 
-        mlflow.set_tracking_uri(store.tracking_uri_or_default(config.mlflow.tracking_uri))
+        uri = store.tracking_uri_or_default(config.mlflow.tracking_uri)
+        try:  # before any job is submitted
+            preflight.check_store_shared_by_jobs(uri, config.hydra.launcher.get("_target_", ""))
+        except ConfigError as e:
+            print(f"fedlm: config error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        mlflow.set_tracking_uri(uri)
         experiment = store.get_or_create_experiment(config.mlflow.experiment_name)
         definition = sweep_definition(config)
         client = mlflow.MlflowClient()

@@ -98,6 +98,19 @@ def test_sqlite_store_in_an_unwritable_directory_is_refused():
         preflight.check_tracking_store("sqlite:////proc/fedlm/mlflow.db")  # /proc: read-only, even for root
 
 
+@pytest.mark.e2e
+def test_a_local_store_is_refused_when_the_launcher_runs_jobs_on_other_machines(tmp_path):
+    """`hydra/launcher=submitit_slurm`: each node would write its own copy of the store (or lock a shared file);
+    refused in the launching process, before any job is submitted. (A `file:` store is refused the same way.)"""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_fedlm(["-m", "hydra/launcher=submitit_slurm", "seed=0,1", f"mlflow.tracking_uri={uri}"], tmp_path)
+    assert result.returncode == 2, result.stdout[-3000:]
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("fedlm: config error:")]
+    assert f"={uri!r}: a local store, but hydra/launcher (SlurmLauncher) runs the jobs on other machines" in line
+    assert "http://" in line and "postgresql://" in line
+    assert "Traceback" not in result.stdout and not (tmp_path / "sweep" / ".submitit").exists()
+
+
 # --- disk -------------------------------------------------------------------------------------------------------
 
 
@@ -244,13 +257,15 @@ def test_default_run_directories_of_the_same_second_differ():
 
 
 def test_a_database_store_without_its_driver_is_refused_naming_the_package():
+    """PostgreSQL's driver is a dependency (psycopg2-binary); MySQL's is not."""
     with pytest.raises(
         ConfigError,
-        match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='postgresql://fedlm:\*\*\*@"
-        r"db/runs': the database driver 'psycopg2' is not installed; .*"
-        r"uv add psycopg2-binary",
+        match=r"mlflow.tracking_uri \(or \$MLFLOW_TRACKING_URI\)='mysql://fedlm:\*\*\*@"
+        r"db/runs': the database driver 'MySQLdb' is not installed; .*"
+        r"uv add mysqlclient",
     ):
-        preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")
+        preflight.check_tracking_store("mysql://fedlm:secret@db/runs")
+    preflight.check_tracking_store("postgresql://fedlm:secret@db/runs")  # the driver is there: nothing to refuse
 
 
 def test_a_deleted_experiment_is_refused_before_any_work(tmp_path):

@@ -109,3 +109,28 @@ def test_a_signal_during_pretraining_is_one_line_and_leaves_nothing(tmp_path, si
     assert notice.startswith(f"fedlm: got {sig.name} during start-up: stopped before the first round"), notice
     assert not mlflow.search_runs(experiment_names=[f"startup_{sig.name}"], output_format="list")
     assert not list((cache / "pretrained").glob("*.h5")), list(cache.rglob("*"))
+
+
+# A launcher's job process with SIGINT blocked, as Ray's workers start their jobs: the mask is inherited by
+# `uv run`, by python and (unless fedlm clears it) by TFF's worker, which TFF stops with SIGINT and then waits for.
+SIGINT_BLOCKED = [
+    "python3",
+    "-c",
+    "import os, signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); os.execvp(sys.argv[1], "
+    "sys.argv[1:])",
+    *UV_RUN,
+]
+
+
+@pytest.mark.e2e
+def test_a_job_started_with_sigint_blocked_exits_and_leaves_no_worker(tmp_path):
+    """It used to finish its rounds and then hang for ever at exit, waiting for its TFF worker."""
+    proc = start_fedlm([*TINY, "rounds=1", "mlflow.experiment_name=sigint_blocked"], tmp_path, python=SIGINT_BLOCKED)
+    try:
+        out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("the job did not exit: its TFF worker never got TFF's SIGINT") from None
+    assert_session_ended(proc.pid)
+    assert proc.returncode == 0, out[-3000:]
+    assert _only_run("sigint_blocked").info.status == "FINISHED"

@@ -156,3 +156,26 @@ def _killed_rounds(out: str) -> dict[int, int]:
     """{seed: last checkpoint round} from the jobs' own `stopped by SIGINT` lines."""
     found = re.findall(r"marked KILLED; last checkpoint: round (\d+) in \S+/(\d+)/checkpoints", out)
     return {int(job): int(round_num) for round_num, job in found}
+
+
+@pytest.mark.e2e
+def test_submitit_local_sweep_is_one_parent_with_its_children_and_outputs_in_the_sweep_dir(tmp_path):
+    """`hydra/launcher=submitit_local`: the path `submitit_slurm` takes (the jobs pickled, run by submitit's own
+    process, finding their parent run by the sweep directory), on this machine."""
+    experiment = "sweep_submitit"
+    args = ["-m", *TINY, "rounds=1", "optimizer=sgd,adam", "hydra/launcher=submitit_local"]
+    result = run_fedlm([*args, f"mlflow.experiment_name={experiment}"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+    parent, children = sweep_runs(experiment)
+    assert parent.info.status == "FINISHED" and parent.data.tags["fedlm.launcher"].endswith("LocalLauncher")
+    assert sorted(c.info.run_name for c in children) == ["adam", "sgd"]
+    assert_full_history(children, rounds=1)
+    assert parent.data.tags["fedlm.sweep_best_run"] in {c.info.run_id for c in children}
+
+    sweep_dir = tmp_path / "sweep"
+    for job in ("0", "1"):  # each job's run directory, as with the other launchers
+        assert (sweep_dir / job / "final_model.h5").is_file() and (sweep_dir / job / "checkpoints").is_dir()
+        assert "round 1/1" in (sweep_dir / job / "run.log").read_text()
+    logs = sorted((sweep_dir / ".submitit").glob("*/*_log.out"))  # submitit's record of each job: its console
+    assert len(logs) == 2 and all("final eval_loss" in log.read_text() for log in logs), logs

@@ -159,3 +159,30 @@ def test_a_context_referenced_after_its_cleanup_does_not_signal_its_stopped_work
     assert_session_ended(proc.pid)
     assert proc.returncode == 0 and "left the context" in out, err[-3000:]
     assert "Exception ignored" not in err and "ProcessLookupError" not in err, err[-3000:]
+
+
+def _signal_bits(status: str, field: str) -> int:
+    (line,) = [x for x in status.splitlines() if x.startswith(f"{field}:")]
+    return int(line.split()[1], 16)
+
+
+def test_the_worker_starts_with_no_signal_blocked_and_sigint_at_its_default():
+    """A launcher that blocks SIGINT (Ray's job workers) or ignores it: TFF's worker, started from TFF's event-loop
+    thread as TFF does, must still get SIGINT (TFF stops it with SIGINT, then waits for it)."""
+    script = (
+        "import signal, threading\n"
+        "from fedlm.fl import runtime\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGUSR1})\n"
+        "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "out = {}\n"
+        "def start(): out['text'] = runtime._WorkerPopen(['cat', '/proc/self/status'], stdout=-1, text=True)"
+        ".communicate()[0]\n"
+        "thread = threading.Thread(target=start); thread.start(); thread.join()\n"
+        "print(open('/proc/self/status').read()); print('=====')\n"
+        "print(out['text'])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    launcher, worker = result.stdout.split("=====")
+    sigint = 1 << (signal.SIGINT - 1)
+    assert _signal_bits(launcher, "SigBlk") & sigint and _signal_bits(launcher, "SigIgn") & sigint  # the premise
+    assert _signal_bits(worker, "SigBlk") == 0 and not _signal_bits(worker, "SigIgn") & sigint, worker
