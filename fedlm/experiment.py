@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedlm.conf import checks, schema
 from fedlm.data import preprocessing
 from fedlm.errors import ConfigError
-from fedlm.fl import evaluation, loop, optimizers, privacy, process, sampling, schedules
+from fedlm.fl import algorithms, evaluation, loop, optimizers, privacy, process, sampling, schedules
 from fedlm.model import char_rnn, pretrain, starting_weights
 
 
@@ -74,9 +74,12 @@ def build_learning_process(
 
 def start_process(cfg: DictConfig, learning_process: Any, start_model: tf.keras.Model) -> Any:
     """The learning process, started from the model's weights; with a server schedule, its rounds report the server's
-    learning rate (the client work reports the client's itself)."""
+    learning rate (the client work reports the client's itself, but for MimeLite's)."""
     start = process.StartFrom(learning_process, tff.learning.models.ModelWeights.from_model(start_model))
-    return start if build_schedules(cfg)[1].constant else optimizers.ServerLearningRate(start)
+    client_schedule, server_schedule = build_schedules(cfg)
+    if schema.option_type(cfg.algorithm) is schema.MimeLite and not client_schedule.constant:
+        start = algorithms.MimeLiteClientRate(start)  # TFF's scheduled MimeLite does not report its rate
+    return start if server_schedule.constant else optimizers.ServerLearningRate(start)
 
 
 def build_client_data(cfg: DictConfig, source: Any) -> tuple[Any, Any]:

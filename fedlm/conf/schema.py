@@ -580,6 +580,46 @@ class FedProx(Option):
     proximal_strength: float = constrained(0.01, gt=0.0)  # mu of the proximal term (0 would be plain fedavg)
 
 
+@dataclass
+class FedSgd(Option):
+    """FedSGD (McMahan et al. 2017): each client's gradient at the server model, applied by the server optimizer."""
+
+    _target_: str = "fedlm.fl.algorithms.fedsgd"
+
+    def check(self, cfg: DictConfig) -> None:
+        schedule = choice_name(option_type(cfg.schedule))
+        if schedule != "constant" or cfg.schedule.warmup_rounds:
+            chosen = f"schedule={schedule}" if schedule != "constant" else "schedule.warmup_rounds="
+            chosen += "" if schedule != "constant" else str(cfg.schedule.warmup_rounds)
+            raise ConfigError(
+                f"{chosen} with algorithm=fedsgd: FedSGD has no client "
+                "optimizer (clients only compute a gradient; the server optimizer steps), so there is no client "
+                "learning rate to schedule; schedule the server's with server_schedule= instead"
+            )
+        if cfg.local_epochs != 1:
+            raise ConfigError(
+                f"local_epochs={cfg.local_epochs} with algorithm=fedsgd: a FedSGD client takes no local step, so "
+                "another pass over its data gives the same average gradient at twice the cost; allowed: local_epochs=1"
+            )
+
+
+@dataclass
+class MimeLite(Option):
+    """MimeLite (Karimireddy et al. 2021): client steps of `optimizer=` with its state frozen at the server's, which
+    the clients' full-batch gradients at the server model update."""
+
+    _target_: str = "fedlm.fl.algorithms.mime_lite"
+
+    def check(self, cfg: DictConfig) -> None:
+        if option_type(cfg.aggregator) is DpAggregator:
+            raise ConfigError(
+                "aggregator=dp with algorithm=mime_lite: MimeLite also sends each client's full-batch gradient to "
+                "the server, aggregated apart from the model update; TFF's DP aggregator would privatize the update "
+                "only, and the privacy ledger would not account for the gradient; use algorithm=fedavg, fedprox or "
+                "fedsgd with aggregator=dp"
+            )
+
+
 # ---- eval: how the server model is evaluated (fedlm/fl/evaluation.py) -----------------------------------
 
 
@@ -613,7 +653,7 @@ GROUPS: dict[str, dict[str, type[Option]]] = {
         "size_weighted": SizeWeightedSampling,
     },
     "aggregator": {"mean": MeanAggregator, "dp": DpAggregator, "compression": CompressionAggregator},
-    "algorithm": {"fedavg": FedAvg, "fedprox": FedProx},
+    "algorithm": {"fedavg": FedAvg, "fedprox": FedProx, "fedsgd": FedSgd, "mime_lite": MimeLite},
     "eval": {"keras": KerasEval, "federated": FederatedEval},
     "schedule": SCHEDULES,
     "server_schedule": SCHEDULES,
