@@ -107,13 +107,14 @@ def test_mime_lite_client_steps_use_the_servers_frozen_momentum(start, gradient,
     assert norm(momentum) > 0 and norm(delta(got[1], got[0])) > 0
 
 
-def test_scheduled_mime_lite_trains_and_reports_each_rounds_client_rate(start):
+@pytest.mark.parametrize("weighting", ["num_examples", "uniform"])
+def test_scheduled_mime_lite_trains_and_reports_each_rounds_client_rate(start, weighting):
     """A client schedule with MimeLite (TFF's build_mime_lite_with_optimizer_schedule): the rate in the shared
     optimizer state is the schedule's, reported as fedlm's client_learning_rate; round 1 is the unscheduled round."""
     from tests.fl.test_process_options import scheduled_rounds
 
     decay = ["schedule=exponential", "schedule.decay_rate=0.25", "schedule.decay_rounds=1"]
-    common = ["algorithm=mime_lite", "optimizer=sgdm", "optimizer.learning_rate=0.1"]
+    common = ["algorithm=mime_lite", "optimizer=sgdm", "optimizer.learning_rate=0.1", f"client_weighting={weighting}"]
     got = scheduled_rounds(start, ["A", "B"], [*common, *decay], rounds=2)
     assert [m["client_work/client_learning_rate"] for _, m in got] == pytest.approx([0.1, 0.025])
     (plain,) = rounds(start, common, 1)
