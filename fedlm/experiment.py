@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedlm.conf import checks, schema
 from fedlm.data import preprocessing
 from fedlm.errors import ConfigError
-from fedlm.fl import evaluation, loop, optimizers, privacy, process, sampling, schedules
+from fedlm.fl import algorithms, evaluation, loop, optimizers, participation, privacy, process, sampling, schedules
 from fedlm.model import char_rnn, pretrain, starting_weights
 
 
@@ -74,9 +74,12 @@ def build_learning_process(
 
 def start_process(cfg: DictConfig, learning_process: Any, start_model: tf.keras.Model) -> Any:
     """The learning process, started from the model's weights; with a server schedule, its rounds report the server's
-    learning rate (the client work reports the client's itself)."""
+    learning rate (the client work reports the client's itself, but for MimeLite's)."""
     start = process.StartFrom(learning_process, tff.learning.models.ModelWeights.from_model(start_model))
-    return start if build_schedules(cfg)[1].constant else optimizers.ServerLearningRate(start)
+    client_schedule, server_schedule = build_schedules(cfg)
+    if schema.option_type(cfg.algorithm) is schema.MimeLite and not client_schedule.constant:
+        start = algorithms.MimeLiteClientRate(start)  # TFF's scheduled MimeLite does not report its rate
+    return start if server_schedule.constant else optimizers.ServerLearningRate(start)
 
 
 def build_client_data(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
@@ -116,8 +119,18 @@ def build_privacy_ledger(
 
 
 def build_client_sampler(cfg: DictConfig, source: Any, train_data: Any) -> sampling.ClientSampler:
-    population = sampling.Population(train_data.client_ids, cfg.clients_per_round, cfg.seed, source.client_sizes)
+    """`sampling=`, drawing `clients_per_round` clients, and `participation.over_select` more."""
+    drawn = cfg.clients_per_round + cfg.participation.over_select
+    population = sampling.Population(train_data.client_ids, drawn, cfg.seed, source.client_sizes)
     return instantiate(cfg.sampling)(population=population)
+
+
+def build_participation(cfg: DictConfig, sampler: sampling.ClientSampler) -> participation.Participation | None:
+    """`participation=` over the sampler; None if its keys change nothing (every sampled client reports, in full)."""
+    keys = {k: cfg.participation[k] for k in ("dropout", "over_select", "straggler_fraction", "straggler_work")}
+    if participation.is_reliable(**keys):
+        return None
+    return instantiate(cfg.participation)(sampler=sampler, clients_per_round=cfg.clients_per_round, seed=cfg.seed)
 
 
 def build_client_datasets(cfg: DictConfig, train_data: Any) -> Callable[[str, int], tf.data.Dataset]:
@@ -149,7 +162,7 @@ class Experiment:
 
     learning_process: tff.learning.templates.LearningProcess
     process: loop.LatestState
-    sampler: sampling.ClientSampler
+    sampler: sampling.ClientSampler  # round -> the clients that train in it
     select_clients: Callable[[int], list[tf.data.Dataset]]
     evaluation: evaluation.Evaluation
     privacy: privacy.Ledger | None  # aggregator=dp's; None for other aggregators
@@ -177,7 +190,12 @@ def build_experiment(
     start = start_process(cfg, learning_process, start_model)
     on_step("TFF process")
     sampler = build_client_sampler(cfg, source, train_data)
-    select = loop.build_client_selection(sampler, build_client_datasets(cfg, train_data))
+    make_dataset = build_client_datasets(cfg, train_data)
+    if (participation_ := build_participation(cfg, sampler)) is not None:
+        start = loop.ParticipationRounds(start, participation_, make_dataset)
+        sampler, select = (lambda r: participation_(r).reporting), start.select  # the clients that train
+    else:
+        select = loop.build_client_selection(sampler, make_dataset)
     evaluation_ = build_evaluation(cfg, learning_process, model_fn, keras_model_fn, test_data)
     on_step("eval data")
     return Experiment(

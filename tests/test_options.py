@@ -121,20 +121,29 @@ def test_algorithm_options_build_a_learning_process_that_trains(option, schedule
 
     _, _, model_fn, data = tiny
     schedule = schedules.constant(2 if scheduled else 0, learning_rate=0.1)
-    process = build(
-        "algorithm",
-        option,
-        tiny,
-        weighting=weighting.num_examples(model_fn=model_fn),
-        client_optimizer=optimizers.client_optimizer(tff.learning.optimizers.build_sgdm(0.1), schedule, rounds=2),
-        server_optimizer=tff.learning.optimizers.build_sgdm(1.0),
-        aggregator=None,
-    )
+    runtime_args = {
+        "weighting": weighting.num_examples(model_fn=model_fn),
+        "client_optimizer": optimizers.client_optimizer(tff.learning.optimizers.build_sgdm(0.1), schedule, rounds=2),
+        "server_optimizer": tff.learning.optimizers.build_sgdm(1.0),
+        "aggregator": None,
+    }
+    if option == "fedsgd" and scheduled:  # no client optimizer: the option's check refuses it before TensorFlow
+        with pytest.raises(ValueError, match="no client optimizer"):
+            build("algorithm", option, tiny, **runtime_args)
+        return
+    process = build("algorithm", option, tiny, **runtime_args)
     assert isinstance(process, tff.learning.templates.LearningProcess)
     batches = [tf.data.Dataset.from_tensor_slices((np.ones((2, 5), np.int32), np.ones((2, 5), np.int32))).batch(2)]
     metrics = process.next(process.initialize(), batches).metrics["client_work"]
     assert metrics["train"]["num_examples"] == 2
-    assert metrics.get("client_learning_rate", 0.1) == pytest.approx(0.05 if scheduled else 0.1)
+    if option != "mime_lite":  # TFF's scheduled MimeLite reports no rate: fedlm's start_process adds it
+        assert metrics.get("client_learning_rate", 0.1) == pytest.approx(0.05 if scheduled else 0.1)
+
+
+@pytest.mark.parametrize("option", list(schema.GROUPS["participation"]))
+def test_participation_options_build_a_round_function_over_the_sampler(option, tiny):
+    participation = build("participation", option, tiny, sampler=lambda r: ["A_X", "B_Y"], clients_per_round=2, seed=0)
+    assert participation(1).reporting == ["A_X", "B_Y"] and participation(1).metrics()["dropped"] == 0
 
 
 @pytest.mark.parametrize("group", schema.SCHEDULE_GROUPS)

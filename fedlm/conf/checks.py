@@ -130,6 +130,7 @@ def _check_samples(cfg: DictConfig) -> None:
 def check_population(cfg: DictConfig, train_clients: Sequence[str], test_clients: int) -> None:
     """Checks that need the dataset's clients: clients per round, the fixed client list, the eval clients."""
     OmegaConf.to_object(cfg.sampling).check_population(cfg, train_clients)
+    OmegaConf.to_object(cfg.participation).check_population(cfg, train_clients)
     if cfg.eval_clients > test_clients:
         raise ConfigError(f"eval_clients={cfg.eval_clients}: only {test_clients} clients have a test split")
 

@@ -481,6 +481,55 @@ class FixedSampling(SamplingOption):
             )
 
 
+# ---- participation: which sampled clients report, with how much work (fedlm/fl/participation.py) ---------
+
+
+@dataclass
+class Participation(Option):
+    """Every key at its default: every sampled client reports with all its batches."""
+
+    _target_: str = "fedlm.fl.participation.reliable"
+    dropout: float = constrained(0.0, ge=0.0, lt=1.0)  # a sampled client's probability of not reporting
+    over_select: int = constrained(0, ge=0)  # clients sampled beyond clients_per_round
+    straggler_fraction: float = constrained(0.0, ge=0.0, le=1.0)  # of the reporting clients, these straggle...
+    straggler_work: float = constrained(1.0, gt=0.0, le=1.0)  # ...completing this share of their batches
+
+    @property
+    def selected(self) -> bool:
+        """Some clients are left out of a round (dropped, or over-selected and not needed): who trains is no longer
+        clients_per_round clients drawn by the sampler."""
+        return self.dropout > 0 or self.over_select > 0
+
+    def check(self, cfg: DictConfig) -> None:
+        if self.selected and option_type(cfg.aggregator) is DpAggregator:
+            key = "participation.dropout" if self.dropout > 0 else "participation.over_select"
+            raise ConfigError(
+                f"{key}={self.dropout if self.dropout > 0 else self.over_select} with aggregator=dp: the privacy "
+                "ledger and the DP noise count clients_per_round clients drawn by the sampler; dropped or "
+                "over-selected clients change who takes part, which it does not account for; use dropout=0 and "
+                "over_select=0 (stragglers are allowed)"
+            )
+        if self.over_select > 0 and option_type(cfg.sampling) is FixedSampling:
+            raise ConfigError(
+                f"participation.over_select={self.over_select} with sampling=fixed: it trains the clients of "
+                "sampling.clients every round, there are no extra clients to draw; use sampling=uniform, or "
+                "over_select=0"
+            )
+
+    def check_population(self, cfg: DictConfig, population: Sequence[str]) -> None:
+        drawn = cfg.clients_per_round + self.over_select
+        if (
+            self.over_select > 0
+            and option_type(cfg.sampling) is not WithReplacementSampling
+            and drawn > len(population)
+        ):
+            raise ConfigError(
+                f"participation.over_select={self.over_select}: clients_per_round={cfg.clients_per_round} + "
+                f"{self.over_select} = {drawn} clients to draw without replacement from a training population of "
+                f"{len(population)}; allowed: over_select <= {len(population) - cfg.clients_per_round}"
+            )
+
+
 # ---- aggregator: how client updates are combined on the server (fedlm/fl/aggregators.py) -----------------
 
 
@@ -580,6 +629,46 @@ class FedProx(Option):
     proximal_strength: float = constrained(0.01, gt=0.0)  # mu of the proximal term (0 would be plain fedavg)
 
 
+@dataclass
+class FedSgd(Option):
+    """FedSGD (McMahan et al. 2017): each client's gradient at the server model, applied by the server optimizer."""
+
+    _target_: str = "fedlm.fl.algorithms.fedsgd"
+
+    def check(self, cfg: DictConfig) -> None:
+        schedule = choice_name(option_type(cfg.schedule))
+        if schedule != "constant" or cfg.schedule.warmup_rounds:
+            chosen = f"schedule={schedule}" if schedule != "constant" else "schedule.warmup_rounds="
+            chosen += "" if schedule != "constant" else str(cfg.schedule.warmup_rounds)
+            raise ConfigError(
+                f"{chosen} with algorithm=fedsgd: FedSGD has no client "
+                "optimizer (clients only compute a gradient; the server optimizer steps), so there is no client "
+                "learning rate to schedule; schedule the server's with server_schedule= instead"
+            )
+        if cfg.local_epochs != 1:
+            raise ConfigError(
+                f"local_epochs={cfg.local_epochs} with algorithm=fedsgd: a FedSGD client takes no local step, so "
+                "another pass over its data gives the same average gradient at twice the cost; allowed: local_epochs=1"
+            )
+
+
+@dataclass
+class MimeLite(Option):
+    """MimeLite (Karimireddy et al. 2021): client steps of `optimizer=` with its state frozen at the server's, which
+    the clients' full-batch gradients at the server model update."""
+
+    _target_: str = "fedlm.fl.algorithms.mime_lite"
+
+    def check(self, cfg: DictConfig) -> None:
+        if option_type(cfg.aggregator) is DpAggregator:
+            raise ConfigError(
+                "aggregator=dp with algorithm=mime_lite: MimeLite also sends each client's full-batch gradient to "
+                "the server, aggregated apart from the model update; TFF's DP aggregator would privatize the update "
+                "only, and the privacy ledger would not account for the gradient; use algorithm=fedavg, fedprox or "
+                "fedsgd with aggregator=dp"
+            )
+
+
 # ---- eval: how the server model is evaluated (fedlm/fl/evaluation.py) -----------------------------------
 
 
@@ -612,8 +701,9 @@ GROUPS: dict[str, dict[str, type[Option]]] = {
         "fixed": FixedSampling,
         "size_weighted": SizeWeightedSampling,
     },
+    "participation": {"reliable": Participation},
     "aggregator": {"mean": MeanAggregator, "dp": DpAggregator, "compression": CompressionAggregator},
-    "algorithm": {"fedavg": FedAvg, "fedprox": FedProx},
+    "algorithm": {"fedavg": FedAvg, "fedprox": FedProx, "fedsgd": FedSgd, "mime_lite": MimeLite},
     "eval": {"keras": KerasEval, "federated": FederatedEval},
     "schedule": SCHEDULES,
     "server_schedule": SCHEDULES,
@@ -671,6 +761,7 @@ class FedlmConfig:
     pretrain: PretrainConfig = MISSING
     client_weighting: Any = MISSING
     sampling: Any = MISSING
+    participation: Any = MISSING
     aggregator: Any = MISSING
     algorithm: Any = MISSING
     eval: Any = MISSING

@@ -108,3 +108,84 @@ class ProximalOptimizer(Optimizer):
 
     def set_hparams(self, state, hparams):
         return collections.OrderedDict(state, inner=self._inner.set_hparams(state["inner"], hparams))
+
+
+def _as_weighted(aggregator: Any) -> Any:
+    """An unweighted aggregation factory (None: TFF's unweighted mean) made to take client weights and ignore them,
+    as TFF's own unweighted builders do: how FedSGD, which always weights, averages with client_weighting=uniform."""
+    return tff.aggregators.as_weighted_aggregator(
+        aggregator if aggregator is not None else tff.aggregators.UnweightedMeanFactory()
+    )
+
+
+def fedsgd(
+    *, weighting: ClientWeighting, client_optimizer: ClientOptimizer, server_optimizer: Optimizer, aggregator: Any
+) -> tff.learning.templates.LearningProcess:
+    """FedSGD (McMahan et al. 2017): TFF's `build_fed_sgd`. A client's update is its mean gradient at the server
+    model over its round's batches (each batch's loss gradient weighted by its examples: sequences, or real target
+    characters with `num_tokens`), weighted by that count (or uniformly); the server optimizer steps along the
+    weighted mean. There is no client optimizer: the option's check refuses a client schedule."""
+    if client_optimizer.scheduled:  # the option's check refuses this first, naming the keys to change
+        raise ValueError("algorithm=fedsgd has no client optimizer to schedule")
+    return tff.learning.algorithms.build_fed_sgd(
+        weighting.model_fn,
+        server_optimizer_fn=server_optimizer,
+        model_aggregator=_as_weighted(aggregator) if weighting.weighting is None else aggregator,
+        loop_implementation=CLIENT_LOOP,
+    )
+
+
+def mime_lite(
+    *, weighting: ClientWeighting, client_optimizer: ClientOptimizer, server_optimizer: Optimizer, aggregator: Any
+) -> tff.learning.templates.LearningProcess:
+    """MimeLite (Karimireddy et al. 2021): TFF's `build_weighted_mime_lite` / `build_unweighted_mime_lite`, or with a
+    client schedule `build_mime_lite_with_optimizer_schedule` (whose rounds set the rate in the shared optimizer
+    state). `aggregator` aggregates both what the clients send: the model update and the full-batch gradient (so
+    compression compresses both; DP is refused by the option's check, since it would protect only the update)."""
+    if weighting.weighting is None and client_optimizer.scheduled:  # TFF's scheduled MimeLite is weighted only
+        client_weighting, update = tff.learning.ClientWeighting.UNIFORM, _as_weighted(aggregator)
+        gradient = update
+    elif weighting.weighting is None:
+        return tff.learning.algorithms.build_unweighted_mime_lite(
+            weighting.model_fn,
+            base_optimizer=client_optimizer.optimizer,
+            server_optimizer=server_optimizer,
+            model_aggregator=aggregator,
+            full_gradient_aggregator=aggregator,
+            loop_implementation=CLIENT_LOOP,
+        )
+    else:
+        client_weighting, update, gradient = weighting.weighting, aggregator, aggregator
+    kwargs: dict[str, Any] = {
+        "base_optimizer": client_optimizer.optimizer,
+        "server_optimizer": server_optimizer,
+        "client_weighting": client_weighting,
+        "model_aggregator": update,
+        "full_gradient_aggregator": gradient,
+        "loop_implementation": CLIENT_LOOP,
+    }
+    if client_optimizer.scheduled:
+        return tff.learning.algorithms.build_mime_lite_with_optimizer_schedule(
+            weighting.model_fn, learning_rate_fn=client_optimizer.learning_rate_fn, **kwargs
+        )
+    return tff.learning.algorithms.build_weighted_mime_lite(weighting.model_fn, **kwargs)
+
+
+class MimeLiteClientRate:
+    """A started MimeLite process with a client schedule, whose rounds report the client's learning rate as
+    `client_work/client_learning_rate` (TFF's scheduled FedAvg reports it itself; its scheduled MimeLite does not):
+    read from the state the round starts from, where TFF keeps it in the optimizer state the clients share
+    (client_work = (rounds so far, (optimizer state, gradient aggregator state)))."""
+
+    def __init__(self, process: Any):
+        self.process = process
+
+    def initialize(self) -> Any:
+        return self.process.initialize()
+
+    def next(self, state: Any, client_data: Any) -> Any:
+        rate = float(state.client_work[1][0][tff.learning.optimizers.LEARNING_RATE_KEY])
+        output = self.process.next(state, client_data)
+        metrics = collections.OrderedDict(output.metrics)
+        metrics["client_work"] = collections.OrderedDict(metrics["client_work"], client_learning_rate=rate)
+        return output._replace(metrics=metrics)

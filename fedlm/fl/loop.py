@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,10 @@ METRIC_NAMES = {
     "client_work/client_learning_rate": "client_learning_rate",  # with a client schedule (fedlm/fl/optimizers.py)
     "finalizer/learning_rate": "server_learning_rate",  # with a server schedule
     "training_time_in_seconds": "round_seconds",
+    "participation/sampled": "train_clients_sampled",  # with unreliable participation= (ParticipationRounds)
+    "participation/dropped": "train_clients_dropped",
+    "participation/reporting": "train_clients_reporting",
+    "participation/stragglers": "train_clients_straggled",
     "evaluation/loss": "eval_loss",
     "evaluation/accuracy": "eval_accuracy",
     "evaluation/cross_entropy": "eval_cross_entropy",
@@ -54,6 +59,50 @@ def build_client_selection(
         return [make_dataset(cid, round_num) for cid in sampler(round_num)]
 
     return select
+
+
+class ParticipationRounds:
+    """The started learning process, training in each round the reporting clients of `participation=`
+    (fedlm/fl/participation.py), the stragglers on their share of batches; each round's metrics also count the
+    clients sampled, dropped, reporting and straggling (`participation/...`).
+
+    A round in which every sampled client dropped is skipped: TFF is not called (a mean over no clients has no
+    value), the server state stays as it was, and the round logs its counts (reporting 0) and no train metrics.
+    The learning-rate schedules count the rounds TFF trained, so a skipped round does not advance them.
+    `select` (TFF's loop calls it right before `next`, for the same round) remembers the round's participation."""
+
+    def __init__(
+        self,
+        process: Any,
+        participation: Callable[[int], Any],
+        make_dataset: Callable[[str, int], tf.data.Dataset],
+    ):
+        self.process = process
+        self._participation = participation
+        self._make = make_dataset
+        self._round: Any = None
+
+    def initialize(self) -> Any:
+        return self.process.initialize()
+
+    def select(self, round_num: int) -> list[tf.data.Dataset]:
+        check_interrupted()  # a round boundary: the place to stop on Ctrl-C / SIGTERM
+        self._round = round_ = self._participation(round_num)
+        datasets = []
+        for client in round_.reporting:
+            dataset = self._make(client, round_num)
+            if client in round_.stragglers:  # the first batches of its (seeded) order: what a deadline allows
+                available = int(dataset.reduce(np.int64(0), lambda n, _: n + 1))
+                dataset = dataset.take(round_.batches(client, available))
+            datasets.append(dataset)
+        return datasets
+
+    def next(self, state: Any, client_data: Any) -> Any:
+        counts = collections.OrderedDict(self._round.metrics())
+        if not client_data:
+            return tff.learning.templates.LearningProcessOutput(state, collections.OrderedDict(participation=counts))
+        output = self.process.next(state, client_data)
+        return output._replace(metrics=collections.OrderedDict(output.metrics, participation=counts))
 
 
 class LatestState:

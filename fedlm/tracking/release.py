@@ -106,6 +106,13 @@ class ProgressReleaseManager(tff.program.ReleaseManager):
         for k, label in (("client_work/client_learning_rate", "client_lr"), ("finalizer/learning_rate", "server_lr")):
             if k in flat:  # scheduled (fedlm/fl/optimizers.py)
                 parts.append(f"{label} {float(flat[k]):.4g}")
+        if "participation/sampled" in flat:  # unreliable clients (fedlm/fl/participation.py)
+            parts.append(
+                f"clients {int(flat['participation/reporting'])}/{int(flat['participation/sampled'])} "
+                f"({int(flat['participation/dropped'])} dropped, {int(flat['participation/stragglers'])} straggled)"
+            )
+            if int(flat["participation/reporting"]) == 0:
+                parts.append("skipped: every sampled client dropped")
         if key == self._last_key:
             parts.append("(final evaluation)")
         elif self._t0 is None:  # timing starts at the first line (round 0, or the resumed round)

@@ -56,6 +56,17 @@ KEYS_ADDED = {
     "model.layers": 1,
     "model.lstm": "fast",
     "pretrain.seed": 0,  # the starting model only builds the process: a resumed run continues its checkpoint
+    **{  # every sampled client reporting with all its batches: the only participation there was
+        f"participation.{key}": value
+        for key, value in (
+            ("_target_", "fedlm.fl.participation.reliable"),
+            ("_partial_", True),
+            ("dropout", 0.0),
+            ("over_select", 0),
+            ("straggler_fraction", 0.0),
+            ("straggler_work", 1.0),
+        )
+    },
     **{  # the optimizers' own learning rates every round: the only schedule there was
         f"{group}.{key}": value
         for group in ("schedule", "server_schedule")

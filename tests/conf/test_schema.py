@@ -25,6 +25,7 @@ GROUPS = [
     "server_schedule",
     "client_weighting",
     "sampling",
+    "participation",
     "aggregator",
     "algorithm",
     "pretrain",
@@ -179,11 +180,68 @@ def test_wrong_types_unknown_options_and_keys_fail_at_composition(overrides, key
         (["schedule=inverse_sqrt", "schedule.decay_rounds=-5"], "schedule.decay_rounds=-5: must be >= 1"),
         (["schedule=cosine", "schedule.min_fraction=1.5"], "schedule.min_fraction=1.5: must be >= 0.0 and <= 1.0"),
         (["server_schedule=cosine", "server_schedule.total_rounds=0"], "server_schedule.total_rounds=0: must be >= 1"),
+        (["participation.dropout=1.0"], "participation.dropout=1.0: must be >= 0.0 and < 1.0"),
+        (["participation.dropout=-0.1"], "participation.dropout=-0.1: must be >= 0.0 and < 1.0"),
+        (["participation.over_select=-1"], "participation.over_select=-1: must be >= 0"),
+        (["participation.straggler_fraction=1.5"], "participation.straggler_fraction=1.5: must be >= 0.0 and <= 1.0"),
+        (["participation.straggler_work=0"], "participation.straggler_work=0.0: must be > 0.0 and <= 1.0"),
+        (["participation.straggler_work=1.2"], "participation.straggler_work=1.2: must be > 0.0 and <= 1.0"),
     ],
 )
 def test_out_of_range_values_are_rejected_naming_key_value_and_range(overrides, message):
     with pytest.raises(errors.ConfigError, match="^" + re.escape(message)):
         checks.validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["algorithm=fedsgd", "schedule=cosine"],
+            "schedule=cosine with algorithm=fedsgd: FedSGD has no client optimizer",
+        ),
+        (["algorithm=fedsgd", "schedule.warmup_rounds=2"], "schedule.warmup_rounds=2 with algorithm=fedsgd"),
+        (["algorithm=fedsgd", "local_epochs=2"], "local_epochs=2 with algorithm=fedsgd: .*allowed: local_epochs=1"),
+        (
+            ["algorithm=mime_lite", "aggregator=dp", "client_weighting=uniform"],
+            "aggregator=dp with algorithm=mime_lite: MimeLite also sends each client's full-batch gradient",
+        ),
+        (
+            ["participation.dropout=0.1", "aggregator=dp", "client_weighting=uniform"],
+            "participation.dropout=0.1 with aggregator=dp: the privacy ledger",
+        ),
+        (
+            ["participation.over_select=2", "aggregator=dp", "client_weighting=uniform"],
+            "participation.over_select=2 with aggregator=dp",
+        ),
+        (
+            ["participation.over_select=1", "sampling=fixed", "sampling.clients=[A,B]", "clients_per_round=2"],
+            "participation.over_select=1 with sampling=fixed: .*no extra clients",
+        ),
+    ],
+)
+def test_algorithm_and_participation_combinations_that_cannot_work_are_refused_saying_why(overrides, message):
+    with pytest.raises(errors.ConfigError, match="^" + message):
+        checks.validate(compose_config(overrides))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["algorithm=fedsgd", "server_schedule=cosine", "client_weighting=uniform", "aggregator=dp"],
+        ["algorithm=fedsgd", "aggregator=compression", "client_weighting=num_tokens"],
+        ["algorithm=mime_lite", "optimizer=adam", "schedule=exponential", "client_weighting=uniform"],
+        ["algorithm=mime_lite", "aggregator=compression", "participation.dropout=0.2", "participation.over_select=2"],
+        [
+            "participation.straggler_fraction=0.5",
+            "participation.straggler_work=0.3",
+            "aggregator=dp",
+            "client_weighting=uniform",
+        ],
+    ],
+)
+def test_algorithms_compose_with_the_other_groups(overrides):
+    checks.validate(compose_config(overrides))
 
 
 @pytest.mark.parametrize(
@@ -302,6 +360,15 @@ def test_population_checks():
     fixed = compose_config(["sampling=fixed", "sampling.clients=[PLAY_ROLE_1,PLAY_ROLE_X]", "clients_per_round=2"])
     with pytest.raises(errors.ConfigError, match=r"unknown client id\(s\) \['PLAY_ROLE_X'\].*closest.*PLAY_ROLE_"):
         checks.check_population(fixed, population, 20)
+    with pytest.raises(errors.ConfigError, match=r"participation.over_select=2: clients_per_round=19 \+ 2 = 21 .*"):
+        checks.check_population(compose_config(["clients_per_round=19", "participation.over_select=2"]), population, 20)
+    checks.check_population(
+        compose_config(
+            ["clients_per_round=19", "participation.over_select=2", "sampling=with_replacement", "eval_clients=20"]
+        ),
+        population,
+        20,
+    )
     with pytest.raises(errors.ConfigError, match="eval_clients=50: only 7 clients have a test split"):
         checks.check_population(compose_config(), population, test_clients=7)
 
