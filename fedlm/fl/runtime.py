@@ -15,16 +15,22 @@ import ctypes
 import dataclasses
 import gc
 import glob
+import importlib.util
 import os
+import re
 import signal
 import subprocess
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
+
+from fedlm import console
+from fedlm.conf import workers as worker_addresses
+from fedlm.errors import RunFailed
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -347,23 +353,215 @@ def startup(
                 signal.signal(sig, handler)
 
 
+# ---- TFF's worker as a command, remote workers, the round watchdog -------------------------------------------
+
+
+def worker_binary() -> str:
+    """The path of TFF's C++ `worker_binary` in this installation (found without importing TFF: ~0.5 s to start)."""
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise RunFailed("tensorflow_federated is not installed: run `uv sync --frozen`")
+    path = Path(next(iter(spec.submodule_search_locations)), "data", "worker_binary")
+    if not path.is_file():
+        raise RunFailed(f"TFF's worker binary is missing at {path}: reinstall with `uv sync --frozen --reinstall`")
+    return str(path)
+
+
+def _clean_signals_then_die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A `preexec_fn` for a worker we start ourselves: no signal blocked and SIGINT at its default (a launcher's
+    process, or a shell's background job, may block or ignore SIGINT, and both survive exec: TFF's way to stop its
+    worker, SIGINT, would then do nothing), and dying with its parent (`_die_with_parent`)."""
+    die = _die_with_parent(parent_pid)
+
+    def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        die()
+
+    return preexec
+
+
+def start_worker(
+    port: int, max_concurrent_computation_calls: int = -1, grpc_max_message_length_megabytes: int = 10000
+) -> subprocess.Popen:
+    """TFF's `worker_binary` on `port` (it listens on every interface: `[::]:port`), in its own process group (its
+    stop is ours to send), dying with this process."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": "1", **os.environ}  # TF's INFO start-up lines off; warnings and errors stay
+    return subprocess.Popen(
+        [
+            worker_binary(),
+            f"--port={port}",
+            f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
+            f"--grpc_max_message_length_megabytes={grpc_max_message_length_megabytes}",
+        ],
+        preexec_fn=_clean_signals_then_die_with_parent(os.getpid()),
+        process_group=0,
+        env=env,
+    )
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop a worker the way TFF does (SIGINT), killing it if it has not ended within `timeout`; its status."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclasses.dataclass
+class _RemoteWorkers:
+    """The run's remote workers: their gRPC channels (closed to give up a stuck round) and the slices of clients each
+    received (the cardinalities TFF created executors for)."""
+
+    addresses: list[str]
+    channels: list = dataclasses.field(default_factory=list)
+    client_slices: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+
+    def close(self) -> None:
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+
+_remote: _RemoteWorkers | None = None
+_round_timeout: float | None = None
+# runtime.round_timeout_s=null with runtime.workers: a dead worker is retried forever by TFF, silently; this stops it
+REMOTE_ROUND_TIMEOUT_S = 600.0
+_GRAPPLER_EMPTY_GRAPH = re.compile(rb"grappler_item_builder\.cc:\d+\] Failed to detect the fetch node\(s\)")
+
+
+def _remote_context(addresses: Sequence[str], subrounds: int | None) -> tuple[object, _RemoteWorkers]:
+    """TFF's mergeable execution context over one async context per remote worker: each round's clients cut into
+    contiguous slices (one per subround), run concurrently, their partial aggregates merged. TFF 0.87's public
+    pieces, as its own local context builds them, but on a channel to a given address instead of a worker it starts.
+    """
+    import grpc
+    import tensorflow_federated as tff
+
+    limit = 2 * 1000 * 1000 * 1000  # the limits TFF's local context sets on its channel (2 GB: a model's weights)
+    options = [
+        (f"grpc.{k}", limit) for k in ("max_message_length", "max_receive_message_length", "max_send_message_length")
+    ]
+    remote = _RemoteWorkers(list(addresses))
+    contexts = []
+    for address in addresses:
+        channel = grpc.insecure_channel(worker_addresses.grpc_target(address), options)
+        remote.channels.append(channel)
+        stub = tff.framework.RemoteExecutorGrpcStub(channel)
+        slices = remote.client_slices.setdefault(address, [])
+
+        def stack_fn(cardinalities: dict, stub=stub, slices=slices) -> object:
+            clients = cardinalities.setdefault(tff.CLIENTS, 0)  # none: no client data (TFF's local stack's default)
+            if clients:
+                slices.append(clients)
+            executor = tff.framework.RemoteExecutor(stub)
+            executor.set_cardinalities(cardinalities)
+            return executor
+
+        contexts.append(
+            tff.framework.AsyncExecutionContext(
+                executor_fn=tff.framework.ResourceManagingExecutorFactory(stack_fn),
+                compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+                transform_args=tff.tensorflow.transform_args,
+                transform_result=tff.tensorflow.transform_result,
+            )
+        )
+    context = tff.backends.native.create_mergeable_comp_execution_context(contexts, num_subrounds=subrounds)
+    return context, remote
+
+
+def client_slices() -> dict[str, list[int]]:
+    """The remote workers' addresses -> the sizes of the client slices each was given so far ({} locally)."""
+    return {a: list(s) for a, s in _remote.client_slices.items()} if _remote is not None else {}
+
+
+class WorkerTimeout(RunFailed):
+    """A round did not end within `runtime.round_timeout_s` (TFF retries an unavailable worker forever)."""
+
+
+def _timed_out(what: str, timeout: float) -> WorkerTimeout:
+    remote = _remote
+    if remote is None:
+        return WorkerTimeout(
+            f"{what} did not finish within runtime.round_timeout_s={timeout:g} s (the local TFF worker); "
+            "raise runtime.round_timeout_s if rounds are this slow"
+        )
+    down = worker_addresses.unreachable(remote.addresses, timeout=1.0)
+    remote.close()  # the stuck calls end (cancelled), so the round's coroutine and TFF's event loop are freed
+    if down:
+        named = ", ".join(f"{address} ({reason})" for address, reason in down.items())
+        return WorkerTimeout(
+            f"{what} did not finish within runtime.round_timeout_s={timeout:g} s: worker {named} does not answer; "
+            "start it again at that address, then resume"
+        )
+    return WorkerTimeout(
+        f"{what} did not finish within runtime.round_timeout_s={timeout:g} s, though every worker of "
+        f"runtime.workers answers: rounds this slow need a larger runtime.round_timeout_s"
+    )
+
+
 @contextlib.contextmanager
-def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
-    """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM.
+def watchdog(what: str) -> Iterator[None]:
+    """`what` (a round, an evaluation) must end within `runtime.round_timeout_s`, or `WorkerTimeout` is raised in the
+    main thread (SIGALRM interrupts its wait on TFF's event loop), naming the workers that do not answer. The run then
+    stops the way a failed round does: its last checkpoint kept, resumable."""
+    timeout = _round_timeout
+    if not timeout:
+        yield
+        return
+
+    def on_alarm(signum: int, frame: types.FrameType | None) -> None:
+        raise _timed_out(what, timeout)
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def tff_context(
+    max_concurrent_computation_calls: int = -1,
+    workers: Sequence[str] = (),
+    subrounds: int | None = None,
+    round_timeout_s: float | None = None,
+) -> Iterator[None]:
+    """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM; or, with
+    `workers` (`host:port` of `python -m fedlm.worker`), the mergeable context over them (`_remote_context`).
 
     Ctrl-C and SIGTERM stop the run at the next round boundary (see `_on_signal`). One that came too late for a
     boundary (after the last round) ends the process with its status once the run is complete, so that a sweep or a
     scheduler's job stops there too.
 
-    `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`)."""
+    `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`); a
+    remote worker has its own (`python -m fedlm.worker --max-concurrent-computation-calls`). `round_timeout_s`: see
+    `watchdog` (None: no limit on the local worker, `REMOTE_ROUND_TIMEOUT_S` with workers)."""
     import tensorflow_federated as tff
 
-    global _stop, _in_startup
+    global _stop, _in_startup, _remote, _round_timeout
     _in_startup = False
     install_parent_death_signal()
-    tff.backends.native.set_sync_local_cpp_execution_context(
-        max_concurrent_computation_calls=max_concurrent_computation_calls
-    )
+    quiet = contextlib.ExitStack()
+    if workers:
+        # TFF compiles each computation's parts for the mergeable context here, and TF's Grappler logs an error
+        # for every part that returns nothing ("Failed to detect the fetch node(s), skipping this input"): noise.
+        quiet.enter_context(console.stderr_without(_GRAPPLER_EMPTY_GRAPH))
+        context, _remote = _remote_context(workers, subrounds)
+        tff.framework.set_default_context(context)
+        _round_timeout = round_timeout_s if round_timeout_s is not None else REMOTE_ROUND_TIMEOUT_S
+    else:
+        tff.backends.native.set_sync_local_cpp_execution_context(
+            max_concurrent_computation_calls=max_concurrent_computation_calls
+        )
+        _round_timeout = round_timeout_s
     atexit.register(kill_children)
     stop = _stop = _StopRequest()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -371,6 +569,12 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
         yield
     finally:
         stop.phase = "closing"  # a signal during the cleanup is only recorded: the cleanup runs to its end
+        if _remote is not None:
+            slices = ", ".join(f"{a} {sorted(set(s)) or 'none'}" for a, s in _remote.client_slices.items())
+            print(f"fedlm: runtime.workers: client slices per worker (sizes seen): {slices}", flush=True)
+            _remote.close()
+            _remote = None
+        _round_timeout = None
         # Replace the context now: the old one is collected while we are alive, and its `__del__` stops its
         # worker the way TFF means to (SIGINT, wait); anything left is then killed. Later TFF calls in this
         # process get a fresh worker instead of an error about a dead one.
@@ -382,6 +586,7 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
             # interrupt, not the default handler in the middle of the interpreter's exit.
             signal.signal(sig, handler if stop.signum is None else signal.SIG_IGN)
         _stop = _StopRequest()
+        quiet.close()
     if stop.signum is not None:  # nothing stopped the run: it completed before a round boundary could
         name = signal.Signals(stop.signum).name
         _say(f"fedlm: the run finished before {name} could stop it; exiting with status {128 + stop.signum}")
