@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     if reason := _port_taken(args.port):
         print(f"fedlm.worker: error: --port={args.port}: cannot listen there ({reason})", file=sys.stderr)
         raise SystemExit(2)
+    # Started by a launcher that blocks SIGINT (Ray's workers) or as a shell's background job (SIGINT ignored): both
+    # are inherited, and would leave Ctrl-C without effect here and TFF's way of stopping the binary (SIGINT) too.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
     started = time.monotonic()
@@ -102,8 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fedlm.worker: TFF's worker exited by itself with status {status}", file=sys.stderr, flush=True)
         raise SystemExit(status if status >= 0 else 128 - status)
     except _Stop as stop:
-        if process is not None:
-            runtime.stop_worker(process)
+        if process is not None and runtime.stop_worker(process) == -signal.SIGKILL:
+            print("fedlm.worker: TFF's worker did not stop on SIGINT: killed", file=sys.stderr, flush=True)
         print(f"fedlm.worker: stopped by {signal.Signals(stop.signum).name}", file=sys.stderr, flush=True)
         raise SystemExit(128 + stop.signum) from None
 

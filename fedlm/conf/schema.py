@@ -643,8 +643,8 @@ class RuntimeConfig:
     # A round's clients are cut into one contiguous slice per subround (null: one per worker), run concurrently.
     workers: list[str] = field(default_factory=list)
     subrounds: Optional[int] = constrained(None, ge=1)
-    # A round (or evaluation) not done by then stops the run, resumable, naming the workers that do not answer
-    # (TFF retries a dead worker forever). null: no limit locally, 600 s with workers.
+    # With workers: a round (or evaluation) not done by then stops the run, resumable, naming the workers that do
+    # not answer (TFF retries a dead worker forever). null: 600 s. The local worker has no limit.
     round_timeout_s: Optional[float] = constrained(None, gt=0.0)
 
 

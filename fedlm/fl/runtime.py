@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import types
 import weakref
@@ -421,6 +422,7 @@ class _RemoteWorkers:
     addresses: list[str]
     channels: list = dataclasses.field(default_factory=list)
     client_slices: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    timed_out: WorkerTimeout | None = None  # set by `watchdog`'s timer when it gave up
 
     def close(self) -> None:
         for channel in self.channels:
@@ -481,18 +483,12 @@ def client_slices() -> dict[str, list[int]]:
 
 
 class WorkerTimeout(RunFailed):
-    """A round did not end within `runtime.round_timeout_s` (TFF retries an unavailable worker forever)."""
+    """A round did not end within `runtime.round_timeout_s` on the remote workers (TFF retries an unavailable worker
+    forever)."""
 
 
-def _timed_out(what: str, timeout: float) -> WorkerTimeout:
-    remote = _remote
-    if remote is None:
-        return WorkerTimeout(
-            f"{what} did not finish within runtime.round_timeout_s={timeout:g} s (the local TFF worker); "
-            "raise runtime.round_timeout_s if rounds are this slow"
-        )
+def _timed_out(what: str, timeout: float, remote: _RemoteWorkers) -> WorkerTimeout:
     down = worker_addresses.unreachable(remote.addresses, timeout=1.0)
-    remote.close()  # the stuck calls end (cancelled), so the round's coroutine and TFF's event loop are freed
     if down:
         named = ", ".join(f"{address} ({reason})" for address, reason in down.items())
         return WorkerTimeout(
@@ -501,30 +497,43 @@ def _timed_out(what: str, timeout: float) -> WorkerTimeout:
         )
     return WorkerTimeout(
         f"{what} did not finish within runtime.round_timeout_s={timeout:g} s, though every worker of "
-        f"runtime.workers answers: rounds this slow need a larger runtime.round_timeout_s"
+        "runtime.workers answers: rounds this slow need a larger runtime.round_timeout_s"
     )
 
 
 @contextlib.contextmanager
 def watchdog(what: str) -> Iterator[None]:
-    """`what` (a round, an evaluation) must end within `runtime.round_timeout_s`, or `WorkerTimeout` is raised in the
-    main thread (SIGALRM interrupts its wait on TFF's event loop), naming the workers that do not answer. The run then
-    stops the way a failed round does: its last checkpoint kept, resumable."""
-    timeout = _round_timeout
-    if not timeout:
+    """With remote workers, `what` (a round, an evaluation) must end within `runtime.round_timeout_s`: past it, a
+    timer thread names the workers that do not answer and closes the channels to them, which ends TFF's calls in
+    flight (cancelled, not retried): the round fails in the main thread as any error does, and is reported as
+    `WorkerTimeout`. Nothing is raised asynchronously into the main thread (it may be inside TensorFlow). The run
+    then stops as a failed round does: its last checkpoint kept, resumable."""
+    remote, timeout = _remote, _round_timeout
+    if remote is None or not timeout:
         yield
         return
+    if remote.timed_out is not None:  # an earlier block's timer fired as it ended: the channels are closed
+        raise remote.timed_out
 
-    def on_alarm(signum: int, frame: types.FrameType | None) -> None:
-        raise _timed_out(what, timeout)
+    def expire() -> None:
+        remote.timed_out = _timed_out(what, timeout, remote)
+        remote.close()
 
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
     try:
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    except Exception as e:
+        timer.cancel()
+        timer.join()  # a timer that is firing has set its verdict before closing anything
+        if remote.timed_out is not None:
+            raise remote.timed_out from e
+        raise
+    timer.cancel()
+    timer.join()
+    if remote.timed_out is not None:  # fired just as the block ended: its result stands, but nothing more can run
+        raise remote.timed_out
 
 
 @contextlib.contextmanager
@@ -543,7 +552,7 @@ def tff_context(
 
     `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`); a
     remote worker has its own (`python -m fedlm.worker --max-concurrent-computation-calls`). `round_timeout_s`: see
-    `watchdog` (None: no limit on the local worker, `REMOTE_ROUND_TIMEOUT_S` with workers)."""
+    `watchdog` (with workers only; None: `REMOTE_ROUND_TIMEOUT_S`)."""
     import tensorflow_federated as tff
 
     global _stop, _in_startup, _remote, _round_timeout
@@ -561,7 +570,6 @@ def tff_context(
         tff.backends.native.set_sync_local_cpp_execution_context(
             max_concurrent_computation_calls=max_concurrent_computation_calls
         )
-        _round_timeout = round_timeout_s
     atexit.register(kill_children)
     stop = _stop = _StopRequest()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
