@@ -18,8 +18,11 @@ import glob
 import importlib.util
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import types
@@ -72,15 +75,47 @@ def _die_with_parent(parent_pid: int) -> Callable[[], None]:
 
 
 class _WorkerPopen(subprocess.Popen):
-    """`subprocess.Popen` for TFF's worker: dies with fedlm, and is out of reach of the terminal's Ctrl-C."""
+    """`subprocess.Popen` for TFF's worker: dies with fedlm, is out of reach of the terminal's Ctrl-C, and runs off
+    the network (`fedlm.fl.isolated_worker`: its own network namespace, reached through a unix-domain socket)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, args, *more, **kwargs):
+        port = next((int(str(a).split("=", 1)[1]) for a in args if str(a).startswith("--port=")), None)
+        if port is not None:
+            path = os.path.join(_socket_dir(), f"worker-{port}.sock")
+            _unix_sockets[port] = path
+            args = [sys.executable, "-m", "fedlm.fl.isolated_worker", path, *args]
         kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
         # Its own process group: a terminal's Ctrl-C goes to the foreground group, and would kill the worker
         # mid-round before fedlm can finish the round and save. TFF stops it with an explicit SIGINT to its pid.
         kwargs.setdefault("process_group", 0)
-        super().__init__(*args, **kwargs)
+        super().__init__(args, *more, **kwargs)
         _workers.add(self)
+
+
+_unix_sockets: dict[int, str] = {}  # the local workers' ports -> the unix sockets that reach them
+
+
+def _socket_dir() -> str:
+    """A directory of this process's own (0700) for its workers' sockets, removed at exit."""
+    global _socket_directory
+    if _socket_directory is None:
+        _socket_directory = tempfile.mkdtemp(prefix="fedlm-workers-")
+        atexit.register(shutil.rmtree, _socket_directory, ignore_errors=True)
+    return _socket_directory
+
+
+_socket_directory: str | None = None
+
+
+def _insecure_channel(target: str, *args, **kwargs):
+    """`grpc.insecure_channel` as TFF's local context sees it: `localhost:PORT` of a worker we started is its unix
+    socket."""
+    import grpc
+
+    host, _, port = target.rpartition(":")
+    if host == "localhost" and port.isdigit() and int(port) in _unix_sockets:
+        target = f"unix:{_unix_sockets[int(port)]}"
+    return grpc.insecure_channel(target, *args, **kwargs)
 
 
 _workers: weakref.WeakSet[_WorkerPopen] = weakref.WeakSet()
@@ -115,6 +150,11 @@ def install_parent_death_signal() -> None:
     # The same way, its `os.kill` skips a worker already stopped (see `_signal_worker`).
     if getattr(executor_factory.os, "kill", None) is not _signal_worker:
         executor_factory.os = types.SimpleNamespace(**{**vars(os), "kill": _signal_worker})
+    # And its channel to the worker goes through the worker's unix socket (see `_WorkerPopen`).
+    if getattr(executor_factory.grpc, "insecure_channel", None) is not _insecure_channel:
+        executor_factory.grpc = types.SimpleNamespace(
+            **{**vars(executor_factory.grpc), "insecure_channel": _insecure_channel}
+        )
 
 
 class Stopwatch:

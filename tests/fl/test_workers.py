@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 
 import numpy as np
+import psutil
 import pytest
 import tensorflow as tf
 
@@ -91,3 +92,45 @@ def test_worker_addresses_are_checked_and_every_unreachable_one_is_named():
             worker_addresses.check_workers([bad])
     with pytest.raises(ConfigError, match="given twice"):
         worker_addresses.check_workers([up, up])
+
+
+def listening_beyond_loopback(processes: list[psutil.Process]) -> list[str]:
+    """What `processes` listen on in this network namespace other than loopback, and which of their ports answer on
+    this host's other addresses (a socket in another namespace is not in this one's tables, so both are asked)."""
+    found, ports = [], set()
+    for p in processes:
+        ports |= {int(a.split("=", 1)[1]) for a in p.cmdline() if a.startswith("--port=")}
+        for c in p.net_connections(kind="inet"):
+            if c.status == psutil.CONN_LISTEN and not (c.laddr.ip.startswith("127.") or c.laddr.ip == "::1"):
+                found.append(f"{p.name()} listens on {c.laddr.ip}:{c.laddr.port}")
+    addresses = [
+        a.address
+        for nic in psutil.net_if_addrs().values()
+        for a in nic
+        if a.family in (socket.AF_INET, socket.AF_INET6)
+        and not a.address.startswith(("127.", "::1", "fe80"))  # link-local needs a scope: not routable anyway
+    ]
+    for address in addresses:
+        for port in ports:
+            if worker_addresses.why_unreachable(f"[{address}]:{port}", timeout=1.0) is None:
+                found.append(f"port {port} answers on {address}")
+    return found
+
+
+def worker_tree() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if p.name() == "worker_binary" or "python" in p.name()]
+
+
+def test_the_local_worker_is_reachable_from_no_other_host():
+    import tensorflow_federated as tff
+
+    with runtime.tff_context():
+
+        @tff.tensorflow.computation(tf.int32)
+        def add_one(x):
+            return x + 1
+
+        assert add_one(41) == 42  # the worker ran it: it is up, and fedlm reaches it
+        processes = worker_tree()
+        assert any(p.name() == "worker_binary" for p in processes)
+        assert listening_beyond_loopback(processes) == []
