@@ -105,6 +105,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
         list(cfg.runtime.workers),
         cfg.runtime.subrounds,
         cfg.runtime.round_timeout_s,
+        cfg.runtime.private_local_worker,
     ):
         exp = experiment.build_experiment(cfg, source, init.weights, startup.lap, calibrated_noise)
         rounds = exp.rounds  # fewer than cfg.rounds where aggregator.target_epsilon runs out first

@@ -20,7 +20,7 @@ LAYERS = [
     ("fl", ["fedlm.fl"]),
     ("tracking", ["fedlm.tracking"]),
     ("experiment", ["fedlm.experiment"]),
-    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench"]),
+    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench", "fedlm.worker"]),
 ]
 COMMANDS = dict(LAYERS)["commands"]
 
@@ -36,6 +36,7 @@ LIGHT = [
     "fedlm.conf.schema",
     "fedlm.conf.checks",
     "fedlm.conf.preflight",
+    "fedlm.conf.workers",
     "fedlm.conf.runlog",
     "fedlm.data",
     "fedlm.data.shakespeare",
@@ -44,6 +45,7 @@ LIGHT = [
     "fedlm.model",
     "fedlm.fl",
     "fedlm.fl.runtime",
+    "fedlm.fl.isolated_worker",
     "fedlm.fl.schedules",
     "fedlm.fl.privacy",  # not imported before the checks, but pure accounting: dp_accounting needs no TensorFlow
     "fedlm.tracking",
@@ -54,6 +56,7 @@ LIGHT = [
     "fedlm.pretrain",
     "fedlm.generate",
     "fedlm.report",
+    "fedlm.worker",
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")
 

@@ -646,6 +646,9 @@ class RuntimeConfig:
     # With workers: a round (or evaluation) not done by then stops the run, resumable, naming the workers that do
     # not answer (TFF retries a dead worker forever). null: 600 s. The local worker has no limit.
     round_timeout_s: Optional[float] = constrained(None, gt=0.0)
+    # The local worker in its own network namespace, reached by a unix socket: no other host can send it a graph.
+    # false: TFF's way, listening on every interface (where user namespaces are off, fedlm falls back to it, saying so).
+    private_local_worker: bool = True
 
 
 @dataclass

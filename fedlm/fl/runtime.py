@@ -80,7 +80,7 @@ class _WorkerPopen(subprocess.Popen):
 
     def __init__(self, args, *more, **kwargs):
         port = next((int(str(a).split("=", 1)[1]) for a in args if str(a).startswith("--port=")), None)
-        if port is not None:
+        if port is not None and _private_local_worker:
             path = os.path.join(_socket_dir(), f"worker-{port}.sock")
             _unix_sockets[port] = path
             args = [sys.executable, "-m", "fedlm.fl.isolated_worker", path, *args]
@@ -93,6 +93,7 @@ class _WorkerPopen(subprocess.Popen):
 
 
 _unix_sockets: dict[int, str] = {}  # the local workers' ports -> the unix sockets that reach them
+_private_local_worker = True  # `tff_context(private_local_worker=)`
 
 
 def _socket_dir() -> str:
@@ -582,6 +583,7 @@ def tff_context(
     workers: Sequence[str] = (),
     subrounds: int | None = None,
     round_timeout_s: float | None = None,
+    private_local_worker: bool = True,
 ) -> Iterator[None]:
     """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM; or, with
     `workers` (`host:port` of `python -m fedlm.worker`), the mergeable context over them (`_remote_context`).
@@ -592,11 +594,13 @@ def tff_context(
 
     `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`); a
     remote worker has its own (`python -m fedlm.worker --max-concurrent-computation-calls`). `round_timeout_s`: see
-    `watchdog` (with workers only; None: `REMOTE_ROUND_TIMEOUT_S`)."""
+    `watchdog` (with workers only; None: `REMOTE_ROUND_TIMEOUT_S`). `private_local_worker`: the local worker off the
+    network (`_WorkerPopen`); false: listening on every interface, TFF's way."""
     import tensorflow_federated as tff
 
-    global _stop, _in_startup, _remote, _round_timeout
+    global _stop, _in_startup, _remote, _round_timeout, _private_local_worker
     _in_startup = False
+    _private_local_worker = private_local_worker
     install_parent_death_signal()
     quiet = contextlib.ExitStack()
     if workers:
