@@ -31,11 +31,12 @@ def _on_signal(signum: int, frame: types.FrameType | None) -> None:
 
 def _port_taken(port: int) -> str | None:
     """Why the binary could not listen on [::]:port (it would only say so in a gRPC log line), or None."""
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("::", port))
-        except OSError as e:
-            return e.strerror
+    family, address = (socket.AF_INET6, "::") if socket.has_ipv6 else (socket.AF_INET, "0.0.0.0")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((address, port))
+    except OSError as e:
+        return e.strerror
     return None
 
 

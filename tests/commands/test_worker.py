@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ def history(run: str) -> dict[str, dict[int, float]]:
     return {k: {m.step: m.value for m in client.get_metric_history(run, k)} for k in keys}
 
 
-def test_the_worker_command_says_where_it_listens_and_stops_on_sigterm_through_uv_run(tmp_path):
+def test_the_worker_command_says_where_it_listens_and_stops_on_sigterm_through_uv_run():
     port = remote_workers.free_port()
     proc = subprocess.Popen(
         [*UV_RUN, "-m", "fedlm.worker", "--port", str(port)],
@@ -51,8 +52,7 @@ def test_the_worker_command_says_where_it_listens_and_stops_on_sigterm_through_u
     try:
         line = read_until(proc, "listening")
         assert f"listening on [::]:{port}, every interface" in line and "private networks only" in line
-        with socket_to(port):
-            pass  # it accepts connections
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()  # it accepts connections
         os.killpg(proc.pid, signal.SIGTERM)  # python gets it twice: directly and forwarded by uv
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -63,13 +63,7 @@ def test_the_worker_command_says_where_it_listens_and_stops_on_sigterm_through_u
     assert_session_ended(proc.pid)
 
 
-def socket_to(port: int):
-    import socket
-
-    return socket.create_connection(("127.0.0.1", port), timeout=2)
-
-
-def test_a_worker_started_with_sigint_blocked_and_ignored_stops_on_sigint(tmp_path):
+def test_a_worker_started_with_sigint_blocked_and_ignored_stops_on_sigint():
     """A launcher's process may block SIGINT (Ray's workers do) or ignore it (a shell's background job): both are
     inherited through exec, and TFF's binary is stopped with SIGINT."""
     port = remote_workers.free_port()
