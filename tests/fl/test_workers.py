@@ -69,7 +69,9 @@ def test_two_workers_train_as_the_local_worker_each_its_slice(tmp_path):
     weight_diff = max(np.max(np.abs(a - b)) for a, b in zip(local_weights, remote_weights))
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(local_metrics, remote_metrics))
     print(f"2 workers vs local: weights differ by {weight_diff:.2g} (largest {largest:.3g}), loss by {loss_diff:.2g}")
-    assert weight_diff <= WEIGHTS_TOLERANCE * max(1.0, largest), (weight_diff, largest)
+    # The merge adds the slices' partial sums in another order: at most a float32 rounding step of the largest weight
+    # (measured: 1.5e-8, the issue's figure, one step of the weights near 0.2).
+    assert weight_diff <= max(WEIGHTS_TOLERANCE, float(np.spacing(np.float32(largest)))), (weight_diff, largest)
     for local, remote in zip(local_metrics, remote_metrics):
         assert local["num_examples"] == remote["num_examples"] and local["num_batches"] == remote["num_batches"]
         for name in ("loss", "accuracy"):
