@@ -97,7 +97,6 @@ def test_an_unreachable_worker_is_a_config_error_before_tensorflow(tmp_path):
     print(f"refused after {time.monotonic() - started:.1f} s")
 
 
-@pytest.mark.e2e
 def test_a_dead_worker_stops_the_run_naming_it_and_resume_ends_as_the_local_run(tmp_path):
     args = [*TINY, "rounds=4", f"mlflow.experiment_name={EXPERIMENT}", f"runtime.round_timeout_s={TIMEOUT_S}"]
     local = run_fedlm(args, tmp_path, run_dir="local")

@@ -56,6 +56,7 @@ def two_rounds(overrides: list[str]) -> tuple[list[np.ndarray], list[dict]]:
     return [np.asarray(w) for w in process.get_model_weights(state).trainable], metrics
 
 
+@pytest.mark.e2e  # starts two fedlm.worker processes
 def test_two_workers_train_as_the_local_worker_each_its_slice(tmp_path):
     # Not the default aggregator: compression's quantization is where rounding in a merge would show.
     overrides = ["aggregator=compression", "client_weighting=num_tokens"]
