@@ -19,9 +19,10 @@ import pytest
 from tests import remote_workers
 from tests.conftest import ROOT, TINY, UV_RUN, assert_session_ended, read_until, run_fedlm, start_fedlm
 
-TIMEOUT_S = (
-    45  # runtime.round_timeout_s: a tiny round takes ~1 s on an idle machine, the first one on 2 loaded cores ~30 s
-)
+pytestmark = pytest.mark.e2e  # each starts fedlm.worker or fedlm.run in a subprocess
+
+# runtime.round_timeout_s: a tiny round takes ~1 s on an idle machine, the first one on 2 loaded cores ~30 s
+TIMEOUT_S = 45
 EXPERIMENT = "remote-workers"
 # The Facts of issue 16: resumed after a restarted worker, the run ended within 1.2e-7 of the local run.
 RESUMED_TOLERANCE, PERPLEXITY_TOLERANCE = 1.2e-7, 4e-5
