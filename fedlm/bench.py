@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         concurrent = runtime.concurrent_clients(
             cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model)
         )
-        with runtime.tff_context(concurrent):
+        with runtime.tff_context(concurrent, private_local_worker=cfg.runtime.private_local_worker):
             results.append(
                 bench_size(cfg, text.train, client_data, rounds, args.warmup, concurrent)
                 | {"concurrent_clients": concurrent}

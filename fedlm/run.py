@@ -17,7 +17,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from fedlm.conf import checks, composition, schema
+from fedlm.conf import checks, composition, schema, workers
 from fedlm.errors import ConfigError, RunFailed
 from fedlm.fl import runtime
 from fedlm.tracking import sweep
@@ -26,6 +26,7 @@ from fedlm.tracking import sweep
 def run(cfg: DictConfig) -> float:
     """One experiment; returns the final eval loss (MLflow's `eval/loss`: what `hydra/sweeper=optuna` minimizes)."""
     checks.validate(cfg)
+    workers.check_workers(list(cfg.runtime.workers))
     startup = runtime.Stopwatch()
     partition = instantiate(cfg.partition)(seed=cfg.seed)  # how the plays become clients
     source = instantiate(cfg.data)(partition=partition, seed=cfg.seed, cache_dir=cfg.cache_dir)  # or the cache's
@@ -100,7 +101,11 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
         logged_noise = mlflow.get_run(resume.run_id).data.params.get("aggregator.noise_multiplier")
         calibrated_noise = None if logged_noise is None else float(logged_noise)
     with runtime.tff_context(
-        runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model))
+        runtime.concurrent_clients(cfg.runtime.max_concurrent_clients, schema.recurrent_kernel_bytes(cfg.model)),
+        list(cfg.runtime.workers),
+        cfg.runtime.subrounds,
+        cfg.runtime.round_timeout_s,
+        cfg.runtime.private_local_worker,
     ):
         exp = experiment.build_experiment(cfg, source, init.weights, startup.lap, calibrated_noise)
         rounds = exp.rounds  # fewer than cfg.rounds where aggregator.target_epsilon runs out first

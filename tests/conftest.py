@@ -68,7 +68,7 @@ def no_process_left_behind():
     stray = [
         p
         for p in psutil.Process().children(recursive=True)
-        if _alive_in_session(p, None) and p.name() != "worker_binary"
+        if _alive_in_session(p, None) and p.name() != "worker_binary" and not _is_isolated_worker(p)
     ]
     described = [_describe(p) for p in leftover + stray]
     for p in leftover:
@@ -77,6 +77,13 @@ def no_process_left_behind():
     _drop_tff_default_context()
     runtime.kill_children()
     assert not described, f"processes left behind by the tests: {described}"
+
+
+def _is_isolated_worker(p: psutil.Process) -> bool:
+    """The process that keeps an in-process test's TFF worker off the network (fedlm/fl/isolated_worker.py)."""
+    with contextlib.suppress(psutil.Error):
+        return "fedlm.fl.isolated_worker" in p.cmdline()
+    return False
 
 
 def _drop_tff_default_context() -> None:

@@ -20,7 +20,10 @@ LAYERS = [
     ("fl", ["fedlm.fl"]),
     ("tracking", ["fedlm.tracking"]),
     ("experiment", ["fedlm.experiment"]),
-    ("commands", ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench", "fedlm.server"]),
+    (
+        "commands",
+        ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench", "fedlm.server", "fedlm.worker"],
+    ),
 ]
 COMMANDS = dict(LAYERS)["commands"]
 
@@ -36,6 +39,7 @@ LIGHT = [
     "fedlm.conf.schema",
     "fedlm.conf.checks",
     "fedlm.conf.preflight",
+    "fedlm.conf.workers",
     "fedlm.conf.runlog",
     "fedlm.data",
     "fedlm.data.shakespeare",
@@ -44,6 +48,7 @@ LIGHT = [
     "fedlm.model",
     "fedlm.fl",
     "fedlm.fl.runtime",
+    "fedlm.fl.isolated_worker",
     "fedlm.fl.schedules",
     "fedlm.fl.participation",
     "fedlm.fl.privacy",  # not imported before the checks, but pure accounting: dp_accounting needs no TensorFlow
@@ -56,6 +61,7 @@ LIGHT = [
     "fedlm.generate",
     "fedlm.report",
     "fedlm.server",  # starts `mlflow server` as a process: imports no MLflow itself
+    "fedlm.worker",
 ]
 HEAVY = ("tensorflow", "tensorflow_federated", "mlflow")
 

@@ -729,6 +729,16 @@ class RuntimeConfig:
     # Clients TFF trains at once. null: one per CPU core, fewer if their GRU weights would not fit in the CPU's
     # cache together (fedlm.fl.runtime.concurrent_clients); 0: no limit (TFF's default).
     max_concurrent_clients: Optional[int] = constrained(None, ge=0)
+    # Remote TFF workers (`python -m fedlm.worker --port P` on each node), host:port; empty: the local worker.
+    # A round's clients are cut into one contiguous slice per subround (null: one per worker), run concurrently.
+    workers: list[str] = field(default_factory=list)
+    subrounds: Optional[int] = constrained(None, ge=1)
+    # With workers: a round (or evaluation) not done by then stops the run, resumable, naming the workers that do
+    # not answer (TFF retries a dead worker forever). null: 600 s. The local worker has no limit.
+    round_timeout_s: Optional[float] = constrained(None, gt=0.0)
+    # The local worker in its own network namespace, reached by a unix socket: no other host can send it a graph.
+    # false: TFF's way, listening on every interface (where user namespaces are off, fedlm falls back to it, saying so).
+    private_local_worker: bool = True
 
 
 @dataclass

@@ -193,14 +193,22 @@ def train(
         return datasets
 
     class LastRoundFinishes:  # TFF's loop calls `next` right after `select` for the same round
-        initialize = staticmethod(process.initialize)
+        @staticmethod
+        def initialize() -> Any:
+            with runtime.watchdog("initializing the server state"):
+                return process.initialize()
 
         @staticmethod
         def next(state: Any, client_data: Any) -> Any:
-            output = process.next(state, client_data)
+            with runtime.watchdog(f"round {current_round}"):
+                output = process.next(state, client_data)
             if current_round == rounds:
                 runtime.finishing()
             return output
+
+    def watched_evaluate(state: Any, data: Any) -> dict[str, float]:
+        with runtime.watchdog(f"the evaluation after round {current_round}"):
+            return evaluate(state, data)
 
     # The first manager to fail gives the round's error (asyncio.gather): the divergence check, if it fails.
     managers = sorted(release_managers, key=lambda m: not isinstance(m, DivergenceCheck))
@@ -208,7 +216,7 @@ def train(
         training_process=LastRoundFinishes(),
         training_selection_fn=select,
         total_rounds=rounds,
-        evaluation_fn=evaluate,
+        evaluation_fn=watched_evaluate,
         evaluation_selection_fn=lambda _: eval_data,
         rounds_per_evaluation=eval_every,
         program_state_manager=checkpoints,
@@ -219,7 +227,7 @@ def train(
     if isinstance(process, LatestState):  # resumed with no round left to run: the loop never called `next`
         process.state = state
     if rounds % eval_every:  # the loop evaluated only on multiples of eval_every
-        metrics = {f"evaluation/{k}": v for k, v in evaluate(state, eval_data).items()}
+        metrics = {f"evaluation/{k}": v for k, v in watched_evaluate(state, eval_data).items()}
         run_sync(asyncio.gather(*[m.release(metrics, key=rounds) for m in managers]))
     checkpoints.save_pending()
     return state

@@ -15,16 +15,26 @@ import ctypes
 import dataclasses
 import gc
 import glob
+import importlib.util
 import os
+import re
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
+import threading
 import time
 import types
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import psutil
+
+from fedlm import console
+from fedlm.conf import workers as worker_addresses
+from fedlm.errors import RunFailed
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -84,15 +94,48 @@ def _signals_cleared(libc: ctypes.CDLL) -> Callable[[], None]:
 
 
 class _WorkerPopen(subprocess.Popen):
-    """`subprocess.Popen` for TFF's worker: dies with fedlm, and is out of reach of the terminal's Ctrl-C."""
+    """`subprocess.Popen` for TFF's worker: dies with fedlm, is out of reach of the terminal's Ctrl-C, and runs off
+    the network (`fedlm.fl.isolated_worker`: its own network namespace, reached through a unix-domain socket)."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, args, *more, **kwargs):
+        port = next((int(str(a).split("=", 1)[1]) for a in args if str(a).startswith("--port=")), None)
+        if port is not None and _private_local_worker:
+            path = os.path.join(_socket_dir(), f"worker-{port}.sock")
+            _unix_sockets[port] = path
+            args = [sys.executable, "-m", "fedlm.fl.isolated_worker", path, *args]
         kwargs.setdefault("preexec_fn", _die_with_parent(os.getpid()))
         # Its own process group: a terminal's Ctrl-C goes to the foreground group, and would kill the worker
         # mid-round before fedlm can finish the round and save. TFF stops it with an explicit SIGINT to its pid.
         kwargs.setdefault("process_group", 0)
-        super().__init__(*args, **kwargs)
+        super().__init__(args, *more, **kwargs)
         _workers.add(self)
+
+
+_unix_sockets: dict[int, str] = {}  # the local workers' ports -> the unix sockets that reach them
+_private_local_worker = True  # `tff_context(private_local_worker=)`
+
+
+def _socket_dir() -> str:
+    """A directory of this process's own (0700) for its workers' sockets, removed at exit."""
+    global _socket_directory
+    if _socket_directory is None:
+        _socket_directory = tempfile.mkdtemp(prefix="fedlm-workers-")
+        atexit.register(shutil.rmtree, _socket_directory, ignore_errors=True)
+    return _socket_directory
+
+
+_socket_directory: str | None = None
+
+
+def _insecure_channel(target: str, *args, **kwargs):
+    """`grpc.insecure_channel` as TFF's local context sees it: `localhost:PORT` of a worker we started is its unix
+    socket."""
+    import grpc
+
+    host, _, port = target.rpartition(":")
+    if host == "localhost" and port.isdigit() and int(port) in _unix_sockets:
+        target = f"unix:{_unix_sockets[int(port)]}"
+    return grpc.insecure_channel(target, *args, **kwargs)
 
 
 _workers: weakref.WeakSet[_WorkerPopen] = weakref.WeakSet()
@@ -127,6 +170,11 @@ def install_parent_death_signal() -> None:
     # The same way, its `os.kill` skips a worker already stopped (see `_signal_worker`).
     if getattr(executor_factory.os, "kill", None) is not _signal_worker:
         executor_factory.os = types.SimpleNamespace(**{**vars(os), "kill": _signal_worker})
+    # And its channel to the worker goes through the worker's unix socket (see `_WorkerPopen`).
+    if getattr(executor_factory.grpc, "insecure_channel", None) is not _insecure_channel:
+        executor_factory.grpc = types.SimpleNamespace(
+            **{**vars(executor_factory.grpc), "insecure_channel": _insecure_channel}
+        )
 
 
 class Stopwatch:
@@ -366,23 +414,225 @@ def startup(
                 signal.signal(sig, handler)
 
 
+# ---- TFF's worker as a command, remote workers, the round watchdog -------------------------------------------
+
+
+def worker_binary() -> str:
+    """The path of TFF's C++ `worker_binary` in this installation (found without importing TFF: ~0.5 s to start)."""
+    spec = importlib.util.find_spec("tensorflow_federated")
+    if spec is None or not spec.submodule_search_locations:
+        raise RunFailed("tensorflow_federated is not installed: run `uv sync --frozen`")
+    path = Path(next(iter(spec.submodule_search_locations)), "data", "worker_binary")
+    if not path.is_file():
+        raise RunFailed(f"TFF's worker binary is missing at {path}: reinstall with `uv sync --frozen --reinstall`")
+    return str(path)
+
+
+def _clean_signals_then_die_with_parent(parent_pid: int) -> Callable[[], None]:
+    """A `preexec_fn` for a worker we start ourselves: no signal blocked and SIGINT at its default (a launcher's
+    process, or a shell's background job, may block or ignore SIGINT, and both survive exec: TFF's way to stop its
+    worker, SIGINT, would then do nothing), and dying with its parent (`_die_with_parent`)."""
+    die = _die_with_parent(parent_pid)
+
+    def preexec() -> None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        die()
+
+    return preexec
+
+
+def start_worker(
+    port: int, max_concurrent_computation_calls: int = -1, grpc_max_message_length_megabytes: int = 10000
+) -> subprocess.Popen:
+    """TFF's `worker_binary` on `port` (it listens on every interface: `[::]:port`), in its own process group (its
+    stop is ours to send), dying with this process."""
+    env = {"TF_CPP_MIN_LOG_LEVEL": "1", **os.environ}  # TF's INFO start-up lines off; warnings and errors stay
+    return subprocess.Popen(
+        [
+            worker_binary(),
+            f"--port={port}",
+            f"--max_concurrent_computation_calls={max_concurrent_computation_calls}",
+            f"--grpc_max_message_length_megabytes={grpc_max_message_length_megabytes}",
+        ],
+        preexec_fn=_clean_signals_then_die_with_parent(os.getpid()),
+        process_group=0,
+        env=env,
+    )
+
+
+def stop_worker(process: subprocess.Popen, timeout: float = 10.0) -> int:
+    """Stop a worker the way TFF does (SIGINT), killing it if it has not ended within `timeout`; its status."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+@dataclasses.dataclass
+class _RemoteWorkers:
+    """The run's remote workers: their gRPC channels (closed to give up a stuck round) and the slices of clients each
+    received (the cardinalities TFF created executors for)."""
+
+    addresses: list[str]
+    channels: list = dataclasses.field(default_factory=list)
+    client_slices: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    timed_out: WorkerTimeout | None = None  # set by `watchdog`'s timer when it gave up
+
+    def close(self) -> None:
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+
+_remote: _RemoteWorkers | None = None
+_round_timeout: float | None = None
+# runtime.round_timeout_s=null with runtime.workers: a dead worker is retried forever by TFF, silently; this stops it
+REMOTE_ROUND_TIMEOUT_S = 600.0
+_GRAPPLER_EMPTY_GRAPH = re.compile(rb"grappler_item_builder\.cc:\d+\] Failed to detect the fetch node\(s\)")
+
+
+def _remote_context(addresses: Sequence[str], subrounds: int | None) -> tuple[object, _RemoteWorkers]:
+    """TFF's mergeable execution context over one async context per remote worker: each round's clients cut into
+    contiguous slices (one per subround), run concurrently, their partial aggregates merged. TFF 0.87's public
+    pieces, as its own local context builds them, but on a channel to a given address instead of a worker it starts.
+    """
+    import grpc
+    import tensorflow_federated as tff
+
+    limit = 2 * 1000 * 1000 * 1000  # the limits TFF's local context sets on its channel (2 GB: a model's weights)
+    options = [
+        (f"grpc.{k}", limit) for k in ("max_message_length", "max_receive_message_length", "max_send_message_length")
+    ]
+    remote = _RemoteWorkers(list(addresses))
+    contexts = []
+    for address in addresses:
+        channel = grpc.insecure_channel(worker_addresses.grpc_target(address), options)
+        remote.channels.append(channel)
+        stub = tff.framework.RemoteExecutorGrpcStub(channel)
+        slices = remote.client_slices.setdefault(address, [])
+
+        def stack_fn(cardinalities: dict, stub=stub, slices=slices) -> object:
+            clients = cardinalities.setdefault(tff.CLIENTS, 0)  # none: no client data (TFF's local stack's default)
+            if clients:
+                slices.append(clients)
+            executor = tff.framework.RemoteExecutor(stub)
+            executor.set_cardinalities(cardinalities)
+            return executor
+
+        contexts.append(
+            tff.framework.AsyncExecutionContext(
+                executor_fn=tff.framework.ResourceManagingExecutorFactory(stack_fn),
+                compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+                transform_args=tff.tensorflow.transform_args,
+                transform_result=tff.tensorflow.transform_result,
+            )
+        )
+    context = tff.backends.native.create_mergeable_comp_execution_context(contexts, num_subrounds=subrounds)
+    return context, remote
+
+
+def client_slices() -> dict[str, list[int]]:
+    """The remote workers' addresses -> the sizes of the client slices each was given so far ({} locally)."""
+    return {a: list(s) for a, s in _remote.client_slices.items()} if _remote is not None else {}
+
+
+class WorkerTimeout(RunFailed):
+    """A round did not end within `runtime.round_timeout_s` on the remote workers (TFF retries an unavailable worker
+    forever)."""
+
+
+def _timed_out(what: str, timeout: float, remote: _RemoteWorkers) -> WorkerTimeout:
+    down = worker_addresses.unreachable(remote.addresses, timeout=1.0)
+    if down:
+        named = ", ".join(f"{address} ({reason})" for address, reason in down.items())
+        return WorkerTimeout(
+            f"{what} did not finish within runtime.round_timeout_s={timeout:g} s: worker {named} does not answer; "
+            "start it again at that address, then resume"
+        )
+    return WorkerTimeout(
+        f"{what} did not finish within runtime.round_timeout_s={timeout:g} s, though every worker of "
+        "runtime.workers answers: rounds this slow need a larger runtime.round_timeout_s"
+    )
+
+
 @contextlib.contextmanager
-def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
-    """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM.
+def watchdog(what: str) -> Iterator[None]:
+    """With remote workers, `what` (a round, an evaluation) must end within `runtime.round_timeout_s`: past it, a
+    timer thread names the workers that do not answer and closes the channels to them, which ends TFF's calls in
+    flight (cancelled, not retried): the round fails in the main thread as any error does, and is reported as
+    `WorkerTimeout`. Nothing is raised asynchronously into the main thread (it may be inside TensorFlow). The run
+    then stops as a failed round does: its last checkpoint kept, resumable."""
+    remote, timeout = _remote, _round_timeout
+    if remote is None or not timeout:
+        yield
+        return
+    if remote.timed_out is not None:  # an earlier block's timer fired as it ended: the channels are closed
+        raise remote.timed_out
+
+    def expire() -> None:
+        remote.timed_out = _timed_out(what, timeout, remote)
+        remote.close()
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    except Exception as e:
+        timer.cancel()
+        timer.join()  # a timer that is firing has set its verdict before closing anything
+        if remote.timed_out is not None:
+            raise remote.timed_out from e
+        raise
+    timer.cancel()
+    timer.join()
+    if remote.timed_out is not None:  # fired just as the block ended: its result stands, but nothing more can run
+        raise remote.timed_out
+
+
+@contextlib.contextmanager
+def tff_context(
+    max_concurrent_computation_calls: int = -1,
+    workers: Sequence[str] = (),
+    subrounds: int | None = None,
+    round_timeout_s: float | None = None,
+    private_local_worker: bool = True,
+) -> Iterator[None]:
+    """Install TFF's local C++ execution context and clean its worker up on exit, error, Ctrl-C or SIGTERM; or, with
+    `workers` (`host:port` of `python -m fedlm.worker`), the mergeable context over them (`_remote_context`).
 
     Ctrl-C and SIGTERM stop the run at the next round boundary (see `_on_signal`). One that came too late for a
     boundary (after the last round) ends the process with its status once the run is complete, so that a sweep or a
     scheduler's job stops there too.
 
-    `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`)."""
+    `max_concurrent_computation_calls`: clients TFF trains at once (-1 = no limit; see `concurrent_clients`); a
+    remote worker has its own (`python -m fedlm.worker --max-concurrent-computation-calls`). `round_timeout_s`: see
+    `watchdog` (with workers only; None: `REMOTE_ROUND_TIMEOUT_S`). `private_local_worker`: the local worker off the
+    network (`_WorkerPopen`); false: listening on every interface, TFF's way."""
     import tensorflow_federated as tff
 
-    global _stop, _in_startup
+    global _stop, _in_startup, _remote, _round_timeout, _private_local_worker
     _in_startup = False
+    _private_local_worker = private_local_worker
     install_parent_death_signal()
-    tff.backends.native.set_sync_local_cpp_execution_context(
-        max_concurrent_computation_calls=max_concurrent_computation_calls
-    )
+    quiet = contextlib.ExitStack()
+    if workers:
+        # TFF compiles each computation's parts for the mergeable context here, and TF's Grappler logs an error
+        # for every part that returns nothing ("Failed to detect the fetch node(s), skipping this input"): noise.
+        quiet.enter_context(console.stderr_without(_GRAPPLER_EMPTY_GRAPH))
+        context, _remote = _remote_context(workers, subrounds)
+        tff.framework.set_default_context(context)
+        _round_timeout = round_timeout_s if round_timeout_s is not None else REMOTE_ROUND_TIMEOUT_S
+    else:
+        tff.backends.native.set_sync_local_cpp_execution_context(
+            max_concurrent_computation_calls=max_concurrent_computation_calls
+        )
     atexit.register(kill_children)
     stop = _stop = _StopRequest()
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -390,6 +640,12 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
         yield
     finally:
         stop.phase = "closing"  # a signal during the cleanup is only recorded: the cleanup runs to its end
+        if _remote is not None:
+            slices = ", ".join(f"{a} {sorted(set(s)) or 'none'}" for a, s in _remote.client_slices.items())
+            print(f"fedlm: runtime.workers: client slices per worker (sizes seen): {slices}", flush=True)
+            _remote.close()
+            _remote = None
+        _round_timeout = None
         # Replace the context now: the old one is collected while we are alive, and its `__del__` stops its
         # worker the way TFF means to (SIGINT, wait); anything left is then killed. Later TFF calls in this
         # process get a fresh worker instead of an error about a dead one.
@@ -401,6 +657,7 @@ def tff_context(max_concurrent_computation_calls: int = -1) -> Iterator[None]:
             # interrupt, not the default handler in the middle of the interpreter's exit.
             signal.signal(sig, handler if stop.signum is None else signal.SIG_IGN)
         _stop = _StopRequest()
+        quiet.close()
     if stop.signum is not None:  # nothing stopped the run: it completed before a round boundary could
         name = signal.Signals(stop.signum).name
         _say(f"fedlm: the run finished before {name} could stop it; exiting with status {128 + stop.signum}")

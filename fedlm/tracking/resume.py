@@ -30,6 +30,12 @@ MUTABLE_KEYS = (
     "mlflow.tracking_uri",
     "mlflow.store_retry_seconds",
     "runtime.max_concurrent_clients",
+    # where the rounds run, not what they compute: a run stopped by a dead worker goes on with it restarted, others,
+    # or the local worker
+    "runtime.workers",
+    "runtime.subrounds",
+    "runtime.round_timeout_s",
+    "runtime.private_local_worker",
 )
 # Keys only configs from before options became structured configs with a `_target_` (fedlm 9972261 and older) have.
 OLD_LAYOUT_KEYS = ("aggregator.name", "algorithm.name", "sampling.name", "data.name", "eval.mode")
