@@ -22,7 +22,15 @@ LAYERS = [
     ("experiment", ["fedlm.experiment"]),
     (
         "commands",
-        ["fedlm.run", "fedlm.pretrain", "fedlm.generate", "fedlm.report", "fedlm.bench", "fedlm.server", "fedlm.worker"],
+        [
+            "fedlm.run",
+            "fedlm.pretrain",
+            "fedlm.generate",
+            "fedlm.report",
+            "fedlm.bench",
+            "fedlm.server",
+            "fedlm.worker",
+        ],
     ),
 ]
 COMMANDS = dict(LAYERS)["commands"]
