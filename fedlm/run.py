@@ -134,6 +134,10 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             writer=writer,
         )
         managers = [metrics, release.ProgressReleaseManager(rounds), samples, loop.DivergenceCheck()]
+        if exp.communication is not None:
+            managers.append(
+                release.CommunicationReleaseManager(exp.communication, already_logged=logged, writer=writer)
+            )
         if exp.privacy is not None:
             managers.append(release.PrivacyReleaseManager(exp.privacy, already_logged=logged, writer=writer))
         choices = dict(hydra_cfg.runtime.choices)

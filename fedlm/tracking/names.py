@@ -28,12 +28,13 @@ PRIVACY_EPSILON = "privacy_epsilon"  # aggregator=dp: the epsilon spent after ea
 
 
 def metric(name: str) -> str:
-    """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`; `round_seconds` -> `train/seconds`
-    (the training time of the round), `client_learning_rate` -> `train/client_learning_rate`."""
+    """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`, `comm_up_bytes` -> `comm/up_bytes`;
+    `round_seconds` -> `train/seconds` (the training time of the round), `client_learning_rate` ->
+    `train/client_learning_rate`."""
     if name in _RENAMED:
         return _RENAMED[name]
     split, _, rest = name.partition("_")
-    return f"{split}/{rest}" if split in ("train", "eval") and rest else name
+    return f"{split}/{rest}" if split in ("train", "eval", "comm") and rest else name
 
 
 def fedlm_metric(name: str) -> str:

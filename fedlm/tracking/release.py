@@ -73,6 +73,28 @@ class PrivacyReleaseManager(tff.program.ReleaseManager):
             mlflow.log_metrics(metrics, step=key)
 
 
+class CommunicationReleaseManager(tff.program.ReleaseManager):
+    """Logs the communication ledger's bytes (fedlm/fl/communication.py) of every released round, step = round:
+    `comm/down_bytes`, `comm/up_bytes` of the round and `comm/total_bytes` so far (0 at round 0). A function of the
+    round, so a resumed run logs what an uninterrupted one would; steps already logged are not logged again."""
+
+    def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
+        self._ledger = ledger
+        self._done: set[int] = set((already_logged or {}).get(names.metric("comm_total_bytes"), ()))
+        self._writer = writer
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done:
+            return
+        self._done.add(key)
+        metrics = {names.metric(name): float(v) for name, v in self._ledger.metrics(key).items()}
+        if self._writer is not None:
+            self._writer.log(key, metrics)
+        else:
+            mlflow.log_metrics(metrics, step=key)
+
+
 def logged_steps(run_id: str) -> dict[str, set[int]]:
     """MLflow metric name -> the steps the run already has."""
     client = mlflow.MlflowClient()
