@@ -24,6 +24,7 @@ _RENAMED = {
     "server_learning_rate": "train/server_learning_rate",
 }
 EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
+COMM_TOTAL_BYTES = "comm/total_bytes"  # the bytes down and up of the rounds so far (fedlm/fl/communication.py)
 PRIVACY_EPSILON = "privacy_epsilon"  # aggregator=dp: the epsilon spent after each round (fedlm/fl/privacy.py)
 
 

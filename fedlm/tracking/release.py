@@ -80,7 +80,7 @@ class CommunicationReleaseManager(tff.program.ReleaseManager):
 
     def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
         self._ledger = ledger
-        self._done: set[int] = set((already_logged or {}).get(names.metric("comm_total_bytes"), ()))
+        self._done: set[int] = set((already_logged or {}).get(names.COMM_TOTAL_BYTES, ()))
         self._writer = writer
 
     async def release(self, value: Any, key: int) -> None:
