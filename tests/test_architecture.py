@@ -45,6 +45,7 @@ LIGHT = [
     "fedlm.fl",
     "fedlm.fl.runtime",
     "fedlm.fl.schedules",
+    "fedlm.fl.fairness",
     "fedlm.fl.privacy",  # not imported before the checks, but pure accounting: dp_accounting needs no TensorFlow
     "fedlm.tracking",
     "fedlm.tracking.tags",
