@@ -222,7 +222,8 @@ def test_a_compressed_federated_run_logs_its_bytes_and_its_clients_fairness(tmp_
     from fedlm.model import char_rnn
 
     weights = sum(w.size for w in char_rnn.build_configured(cfg.model, random_init=False).get_weights())
-    assert down == {0: 0, 1: 2 * (4 * weights + 4), 2: 2 * (4 * weights + 4)}  # float32 weights and the client lr
+    # float32: the weights, the client lr, and the adaptive zeroing and clipping norms with their estimates
+    assert down == {0: 0, 1: 2 * (4 * weights + 4 + 4 * 4), 2: 2 * (4 * weights + 4 + 4 * 4)}
     assert up[1] == up[2] >= 2 * 4 * weights  # no tensor of the tiny model is large enough to be quantized
     assert total == {0: 0, 1: down[1] + up[1], 2: 2 * (down[1] + up[1])}
 
