@@ -21,7 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from fedlm.conf import checks, schema
 from fedlm.data import preprocessing
 from fedlm.errors import ConfigError
-from fedlm.fl import algorithms, evaluation, loop, optimizers, participation, privacy, process, sampling, schedules
+from fedlm.fl import (
+    algorithms,
+    communication,
+    evaluation,
+    loop,
+    optimizers,
+    participation,
+    privacy,
+    process,
+    sampling,
+    schedules,
+)
 from fedlm.model import char_rnn, pretrain, starting_weights
 
 
@@ -50,9 +61,17 @@ def build_schedules(cfg: DictConfig) -> tuple[schedules.Schedule, schedules.Sche
 def build_learning_process(
     cfg: DictConfig, model_fn: process.ModelFn, ledger: privacy.Ledger | None = None
 ) -> tff.learning.templates.LearningProcess:
+    """The learning process of `build_learning_process_and_aggregator`."""
+    return build_learning_process_and_aggregator(cfg, model_fn, ledger)[0]
+
+
+def build_learning_process_and_aggregator(
+    cfg: DictConfig, model_fn: process.ModelFn, ledger: privacy.Ledger | None = None
+) -> tuple[tff.learning.templates.LearningProcess, Any]:
     """`algorithm=` over `client_weighting=`, `aggregator=`, `optimizer=`, `server_optimizer=` and their
     `schedule=`, `server_schedule=`; with aggregator=dp's `ledger`, its noise multiplier (calibrated to
-    `aggregator.target_epsilon`, or the configured one)."""
+    `aggregator.target_epsilon`, or the configured one). With it, the aggregator factory, which remembers the
+    aggregation process TFF created from it (for the communication ledger)."""
     try:
         client_optimizer, server_optimizer = instantiate(cfg.optimizer), instantiate(cfg.server_optimizer)
     except Exception as e:
@@ -64,12 +83,15 @@ def build_learning_process(
     server_optimizer = optimizers.server_optimizer(server_optimizer, server_schedule, cfg.rounds)
     weighting = instantiate(cfg.client_weighting)(model_fn=model_fn)
     noise = {} if ledger is None else {"noise_multiplier": ledger.mechanism.noise_multiplier}
-    aggregator = instantiate(cfg.aggregator, **noise)(
-        weighted=weighting.weighting is not None, clients_per_round=cfg.clients_per_round, seed=cfg.seed
+    weighted = weighting.weighting is not None
+    aggregator = communication.recording(
+        instantiate(cfg.aggregator, **noise)(weighted=weighted, clients_per_round=cfg.clients_per_round, seed=cfg.seed),
+        weighted,
     )
-    return instantiate(cfg.algorithm)(
+    learning_process = instantiate(cfg.algorithm)(
         weighting=weighting, client_optimizer=client_optimizer, server_optimizer=server_optimizer, aggregator=aggregator
     )
+    return learning_process, aggregator
 
 
 def start_process(cfg: DictConfig, learning_process: Any, start_model: tf.keras.Model) -> Any:
@@ -167,6 +189,7 @@ class Experiment:
     evaluation: evaluation.Evaluation
     privacy: privacy.Ledger | None  # aggregator=dp's; None for other aggregators
     rounds: int  # the rounds to train: the configured ones, or those aggregator.target_epsilon allows
+    communication: communication.Ledger | None = None  # the bytes of each round
 
 
 def build_experiment(
@@ -186,16 +209,22 @@ def build_experiment(
     on_step("client data")
     ledger = build_privacy_ledger(cfg, len(train_data.client_ids), calibrated_noise)
     model_fn = process.build_model_fn(keras_model_fn, cfg.seq_length)
-    learning_process = build_learning_process(cfg, model_fn, ledger)
+    learning_process, aggregator = build_learning_process_and_aggregator(cfg, model_fn, ledger)
     start = start_process(cfg, learning_process, start_model)
     on_step("TFF process")
     sampler = build_client_sampler(cfg, source, train_data)
     make_dataset = build_client_datasets(cfg, train_data)
+    # the bytes each round moves: the process's broadcasts to the sampled clients, its aggregator's uploads from
+    # those that report (all of them, unless participation= drops some)
+    sampled, reporting = (lambda r: len(sampler(r))), None
     if (participation_ := build_participation(cfg, sampler)) is not None:
         start = loop.ParticipationRounds(start, participation_, make_dataset)
         sampler, select = (lambda r: participation_(r).reporting), start.select  # the clients that train
+        sampled = lambda r: len(participation_(r).sampled)  # noqa: E731
+        reporting = lambda r: len(participation_(r).reporting)  # noqa: E731
     else:
         select = loop.build_client_selection(sampler, make_dataset)
+    comm = communication.build_ledger(learning_process, aggregator, sampled, reporting)
     evaluation_ = build_evaluation(cfg, learning_process, model_fn, keras_model_fn, test_data)
     on_step("eval data")
     return Experiment(
@@ -206,4 +235,5 @@ def build_experiment(
         evaluation_,
         ledger,
         ledger.rounds if ledger else cfg.rounds,
+        comm,
     )

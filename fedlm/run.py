@@ -77,6 +77,7 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
     from fedlm import experiment
     from fedlm.conf import preflight
     from fedlm.fl import checkpoint, loop, privacy
+    from fedlm.fl.fairness import SampledSoFar
     from fedlm.tracking import artifacts, datasets, ledger, plots, release, runs, sweep, tags
 
     hydra_cfg = HydraConfig.get()
@@ -139,6 +140,12 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
             writer=writer,
         )
         managers = [metrics, release.ProgressReleaseManager(rounds), samples, loop.DivergenceCheck()]
+        fairness = release.FairnessReleaseManager(SampledSoFar(exp.sampler), already_logged=logged, writer=writer)
+        managers.append(fairness)
+        if exp.communication is not None:
+            managers.append(
+                release.CommunicationReleaseManager(exp.communication, already_logged=logged, writer=writer)
+            )
         if exp.privacy is not None:
             managers.append(release.PrivacyReleaseManager(exp.privacy, already_logged=logged, writer=writer))
         choices = dict(hydra_cfg.runtime.choices)
@@ -182,6 +189,10 @@ def _train(cfg: DictConfig, source, init_path: str, init, run_dir, resume, start
                 plots.log_run_figure(run_id, step=rounds)
             except Exception as e:
                 print(f"fedlm: could not log the learning-curve figure to run {run_id}: {e!r}", flush=True)
+            try:  # the last evaluation's per-client histogram and figures
+                fairness.log_final(run_id)
+            except Exception as e:
+                print(f"fedlm: could not log the per-client accuracy histogram to run {run_id}: {e!r}", flush=True)
             if rounds < cfg.rounds:  # the budget ran out first: a finished run of the rounds it allowed
                 writer.call(lambda: mlflow.set_tag(tags.PRIVACY_STOPPED_AFTER_ROUND, str(rounds)), "the budget's tag")
             writer.finish("FINISHED", wait=True)

@@ -59,6 +59,7 @@ LIGHT = [
     "fedlm.fl.isolated_worker",
     "fedlm.fl.schedules",
     "fedlm.fl.participation",
+    "fedlm.fl.fairness",
     "fedlm.fl.privacy",  # not imported before the checks, but pure accounting: dp_accounting needs no TensorFlow
     "fedlm.tracking",
     "fedlm.tracking.tags",

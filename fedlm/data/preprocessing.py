@@ -97,11 +97,23 @@ def build_client_dataset_fn(
     return lambda client_id, seed: make(tf.constant(client_id), tf.constant(seed, tf.int64))
 
 
-def clients_eval_dataset(client_data: Any, client_ids: list[str], seq_length: int, batch_size: int) -> tf.data.Dataset:
+def clients_eval_dataset(
+    client_data: Any, client_ids: list[str], seq_length: int, batch_size: int, with_client_index: bool = False
+) -> tf.data.Dataset:
     """These clients' test sequences, client after client (each one's last sequence padded on its own), in
     large batches cached for repeated evaluation. Built as one `flat_map`: the per-client pipeline is traced and
-    instantiated once instead of once per client (seconds of startup for 50 clients)."""
+    instantiated once instead of once per client (seconds of startup for 50 clients). `with_client_index`: the
+    same sequences as `((ids, client), targets)`, `client` the position of its client in `client_ids`."""
     table = _lookup_table()
     ids = tf.data.Dataset.from_tensor_slices(tf.constant(list(client_ids), tf.string))
-    sequences = ids.flat_map(lambda cid: to_sequences(client_data.serializable_dataset_fn(cid), seq_length, table))
+
+    def sequences_of(cid: tf.Tensor) -> tf.data.Dataset:
+        return to_sequences(client_data.serializable_dataset_fn(cid), seq_length, table)
+
+    if with_client_index:
+        sequences = ids.enumerate().flat_map(
+            lambda i, cid: sequences_of(cid).map(lambda x, y: ((x, tf.cast(i, tf.int32)), y))
+        )
+    else:
+        sequences = ids.flat_map(sequences_of)
     return sequences.batch(batch_size).cache()

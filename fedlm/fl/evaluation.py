@@ -2,7 +2,9 @@
 tutorial's) or with TFF's federated evaluation; the same fixed, seeded eval clients either way.
 
 Each builder takes, at run time, the learning process, the model builders and the `EvalClients`; it returns an
-`Evaluation`: a function of the server state and the data it evaluates on (what TFF's training loop calls)."""
+`Evaluation`: a function of the server state and the data it evaluates on (what TFF's training loop calls). Both
+also measure every eval client on its own (`PerClient`, under `PER_CLIENT` in the metrics: fedlm/fl/fairness.py
+summarizes it), in the same pass over the data."""
 
 from __future__ import annotations
 
@@ -17,6 +19,29 @@ import tensorflow_federated as tff
 from fedlm.data.preprocessing import clients_eval_dataset
 from fedlm.fl.process import ModelFn
 from fedlm.model.metrics import compile_for_eval
+from fedlm.vocab import PAD_ID, VOCAB_SIZE
+
+PER_CLIENT = "per_client"  # the metrics' key of the eval clients' own figures (a PerClient, not a number)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerClient:
+    """Each eval client's figures over its own test split: real target characters (padding and OOV excluded), the
+    correctly predicted ones, and the summed cross-entropy (nats) over them."""
+
+    client_ids: tuple[str, ...]
+    tokens: np.ndarray
+    correct: np.ndarray
+    cross_entropy_sum: np.ndarray
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        return self.correct / np.maximum(self.tokens, 1)
+
+    @property
+    def loss(self) -> np.ndarray:
+        """Cross-entropy in nats per real target character: eval/cross_entropy of the client alone."""
+        return self.cross_entropy_sum / np.maximum(self.tokens, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +73,33 @@ def pick_eval_clients(client_ids: Sequence[str], num_clients: int, seed: int) ->
     return [ids[i] for i in sorted(picked)]
 
 
+class PerClientEvaluation(tf.keras.Model):
+    """`model`, evaluated as Keras evaluates it (the same compiled loss and metrics, one pass), on inputs
+    `((ids, client), targets)`: each step also adds every sequence's real targets, correct predictions and
+    cross-entropy to its client's row of `sums`."""
+
+    def __init__(self, model: tf.keras.Model, num_clients: int):
+        super().__init__()
+        self.model = model
+        self.sums = tf.Variable(tf.zeros([num_clients, 3]), trainable=False)  # tokens, correct, cross-entropy
+
+    def call(self, inputs: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return self.model(inputs, training=training)
+
+    def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+        (x, client), y = data
+        logits = self.model(x, training=False)
+        self.compute_loss(x, y, logits, None)
+        y = tf.cast(y, tf.int32)
+        mask = tf.cast(y < PAD_ID, tf.float32)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), y), tf.float32) * mask
+        labels = tf.minimum(y, VOCAB_SIZE - 1)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits) * mask
+        rows = tf.stack([tf.reduce_sum(mask, 1), tf.reduce_sum(correct, 1), tf.reduce_sum(ce, 1)], axis=1)
+        self.sums.scatter_nd_add(tf.expand_dims(client, 1), rows)
+        return self.compute_metrics(x, y, logits, None)
+
+
 def keras(
     *,
     process: tff.learning.templates.LearningProcess,
@@ -56,13 +108,19 @@ def keras(
     clients: EvalClients,
 ) -> Evaluation:
     """The server weights pushed into a compiled Keras model, evaluated on all eval clients' test sequences
-    concatenated (the tutorial's `keras_evaluate`)."""
-    keras_model = compile_for_eval(keras_model_fn())
-    dataset = clients_eval_dataset(clients.test_data, clients.client_ids, clients.seq_length, clients.batch_size)
+    concatenated (the tutorial's `keras_evaluate`); each client's own figures from the same pass."""
+    inner = keras_model_fn()
+    keras_model = compile_for_eval(PerClientEvaluation(inner, len(clients.client_ids)))
+    dataset = clients_eval_dataset(
+        clients.test_data, clients.client_ids, clients.seq_length, clients.batch_size, with_client_index=True
+    )
 
-    def evaluate(state: Any, data: tf.data.Dataset) -> dict[str, float]:
-        process.get_model_weights(state).assign_weights_to(keras_model)
-        return keras_model.evaluate(data, verbose=0, return_dict=True)
+    def evaluate(state: Any, data: tf.data.Dataset) -> dict[str, Any]:
+        process.get_model_weights(state).assign_weights_to(inner)
+        keras_model.sums.assign(tf.zeros_like(keras_model.sums))
+        metrics = keras_model.evaluate(data, verbose=0, return_dict=True)
+        tokens, correct, ce = keras_model.sums.numpy().T
+        return metrics | {PER_CLIENT: PerClient(tuple(clients.client_ids), tokens, correct, ce)}
 
     return Evaluation(evaluate, dataset, [dataset], clients.client_ids)
 
@@ -74,18 +132,43 @@ def federated(
     keras_model_fn: Callable[[], tf.keras.Model],
     clients: EvalClients,
 ) -> Evaluation:
-    """`tff.learning.algorithms.build_fed_eval`: each eval client evaluates the server model on its own test split;
-    the metrics are TFF's sums over the clients."""
-    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn)
-    initial = fed_eval.initialize()
+    """TFF's federated evaluation (`build_fed_eval`'s parts): the server weights broadcast, each eval client
+    evaluating them on its own test split with `build_fed_eval`'s local evaluation, its metrics' sums kept per
+    client (the computation returns them placed at the clients, in the order of the datasets) and summed, then
+    finalized, by TFF's `sum_then_finalize`, `build_fed_eval`'s metrics aggregation."""
+    from tensorflow_federated.python.learning.algorithms import fed_eval
+
+    weights_type = process.get_model_weights.type_signature.result
+    with tf.Graph().as_default():
+        model = model_fn()
+        batch_type = tff.types.tensorflow_to_type(model.input_spec)
+    finalizers = model.metric_finalizers()
+    local_evaluation = fed_eval._build_local_evaluation(
+        model_fn, weights_type, batch_type, tff.learning.LoopImplementation.DATASET_REDUCE
+    )
+
+    sum_then_finalize = tff.learning.metrics.sum_then_finalize(
+        finalizers, local_evaluation.type_signature.result.local_outputs
+    )
+
+    @tff.federated_computation(
+        tff.FederatedType(weights_type, tff.SERVER), tff.FederatedType(tff.SequenceType(batch_type), tff.CLIENTS)
+    )
+    def evaluate_clients(weights, datasets):
+        outputs = tff.federated_map(local_evaluation, (tff.federated_broadcast(weights), datasets))
+        return sum_then_finalize(outputs.local_outputs), outputs.local_outputs
+
     datasets = [
         clients_eval_dataset(clients.test_data, [cid], clients.seq_length, clients.batch_size)
         for cid in clients.client_ids
     ]
 
-    def evaluate(state: Any, client_datasets: list[tf.data.Dataset]) -> dict[str, float]:
-        eval_state = fed_eval.set_model_weights(initial, process.get_model_weights(state))
-        metrics = fed_eval.next(eval_state, client_datasets).metrics["client_work"]["eval"]["current_round_metrics"]
-        return {k: float(v) for k, v in metrics.items()}
+    def evaluate(state: Any, client_datasets: list[tf.data.Dataset]) -> dict[str, Any]:
+        metrics, per_client = evaluate_clients(process.get_model_weights(state), client_datasets)
+        metrics = {k: float(v) for k, v in metrics.items()}
+        accuracy_total = np.array([c["accuracy"][0] for c in per_client], dtype=np.float64)
+        cross_entropy = np.array([c["cross_entropy"] for c in per_client], dtype=np.float64)
+        own = PerClient(tuple(clients.client_ids), cross_entropy[:, 1], accuracy_total, cross_entropy[:, 0])
+        return metrics | {PER_CLIENT: own}
 
     return Evaluation(evaluate, datasets, datasets, clients.client_ids)

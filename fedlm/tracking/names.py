@@ -24,16 +24,18 @@ _RENAMED = {
     "server_learning_rate": "train/server_learning_rate",
 }
 EVAL_LOSS, EVAL_ACCURACY, EVAL_PERPLEXITY = "eval/loss", "eval/accuracy", "eval/perplexity"
+COMM_TOTAL_BYTES = "comm/total_bytes"  # the bytes down and up of the rounds so far (fedlm/fl/communication.py)
 PRIVACY_EPSILON = "privacy_epsilon"  # aggregator=dp: the epsilon spent after each round (fedlm/fl/privacy.py)
 
 
 def metric(name: str) -> str:
-    """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`; `round_seconds` -> `train/seconds`
-    (the training time of the round), `client_learning_rate` -> `train/client_learning_rate`."""
+    """`eval_loss` -> `eval/loss`, `train_bits_per_char` -> `train/bits_per_char`, `comm_up_bytes` -> `comm/up_bytes`;
+    `round_seconds` -> `train/seconds` (the training time of the round), `client_learning_rate` ->
+    `train/client_learning_rate`."""
     if name in _RENAMED:
         return _RENAMED[name]
     split, _, rest = name.partition("_")
-    return f"{split}/{rest}" if split in ("train", "eval") and rest else name
+    return f"{split}/{rest}" if split in ("train", "eval", "comm") and rest else name
 
 
 def fedlm_metric(name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Sequence
 
 import mlflow
 import numpy as np
@@ -20,6 +21,7 @@ from fedlm.vocab import RANDOM_GUESS
 
 RUN_FIGURE = "plots/learning_curves.png"
 SWEEP_FIGURE = "plots/sweep_eval_accuracy.png"
+CLIENT_ACCURACY_FIGURE = "plots/client_accuracy.png"
 RUN_IMAGE_KEY = "learning_curves"  # the same figure as an MLflow image: the chart view shows runs' side by side
 
 
@@ -86,6 +88,35 @@ def sweep_figure(
     ax.set_ylabel(metric)
     ax.legend(fontsize="small")
     ax.set_title(_title(f"{parent.info.run_name}: {metric} of {len(children)} runs", fig), fontsize="medium")
+    return fig
+
+
+def client_accuracy_figure(
+    accuracy: Sequence[float], sampled: Sequence[bool] | None, round_num: int, title: str = ""
+) -> Figure:
+    """A histogram of the eval clients' own accuracy at round `round_num`, stacked by whether the client trained in
+    some round so far (`sampled`), with the p10 / p50 / p90 marked."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    acc = np.asarray(accuracy, dtype=float)
+    bins = np.linspace(acc.min(), acc.max(), 21) if acc.max() > acc.min() else 10
+    if sampled is None:
+        ax.hist(acc, bins=bins, label=f"{acc.size} eval clients")
+    else:
+        seen = np.asarray(sampled, dtype=bool)
+        ax.hist(
+            [acc[seen], acc[~seen]],
+            bins=bins,
+            stacked=True,
+            label=[f"trained in rounds 1–{round_num} ({seen.sum()})", f"never sampled ({(~seen).sum()})"],
+        )
+    for q in (10, 50, 90):
+        ax.axvline(float(np.percentile(acc, q)), color="black", linestyle=":", linewidth=1)
+        ax.annotate(f"p{q}", (float(np.percentile(acc, q)), 1), xycoords=("data", "axes fraction"), va="top")
+    ax.set_xlabel("next-character accuracy of the client's test split (padding and OOV excluded)")
+    ax.set_ylabel("eval clients")
+    ax.legend(fontsize="small")
+    ax.set_title(_title(f"{title}per-client eval accuracy at round {round_num}", fig), fontsize="medium")
     return fig
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 SAMPLES_TABLE = "samples/samples.json"  # MLflow table of text samples during training
 FINAL_SAMPLES_TABLE = "samples/final_samples.json"  # the last round's rows alone: one table to compare across runs
+CLIENTS_FINAL = "eval/clients_final.json"  # the last evaluation's per-client figures
 
 
 class MlflowReleaseManager(tff.program.ReleaseManager):
@@ -71,6 +72,92 @@ class PrivacyReleaseManager(tff.program.ReleaseManager):
             self._writer.log(key, metrics)
         else:
             mlflow.log_metrics(metrics, step=key)
+
+
+class CommunicationReleaseManager(tff.program.ReleaseManager):
+    """Logs the communication ledger's bytes (fedlm/fl/communication.py) of every released round, step = round:
+    `comm/down_bytes`, `comm/up_bytes` of the round and `comm/total_bytes` so far (0 at round 0). A function of the
+    round, so a resumed run logs what an uninterrupted one would; steps already logged are not logged again."""
+
+    def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
+        self._ledger = ledger
+        self._done: set[int] = set((already_logged or {}).get(names.COMM_TOTAL_BYTES, ()))
+        self._writer = writer
+
+    async def release(self, value: Any, key: int) -> None:
+        key = int(key)
+        if key in self._done:
+            return
+        self._done.add(key)
+        metrics = {names.metric(name): float(v) for name, v in self._ledger.metrics(key).items()}
+        if self._writer is not None:
+            self._writer.log(key, metrics)
+        else:
+            mlflow.log_metrics(metrics, step=key)
+
+
+class FairnessReleaseManager(tff.program.ReleaseManager):
+    """Every evaluation's per-client figures (fedlm/fl/fairness.py) as metrics, step = round: quantiles of the eval
+    clients' accuracy and loss, the worst 10%, and the clients sampled for training in rounds 1 … r (`sampled`:
+    round -> their ids) against the others. Remembers the last evaluation (`latest`: round, its `PerClient`, the
+    sampled ids) for the end-of-run histogram. A resumed run's logged steps are not logged again."""
+
+    def __init__(
+        self,
+        sampled: Callable[[int], Collection[str]],
+        already_logged: Mapping[str, Collection[int]] | None = None,
+        writer: StoreWriter | None = None,
+    ):
+        self._sampled = sampled
+        self._done: set[int] = set((already_logged or {}).get(names.metric("eval_client_accuracy_p50"), ()))
+        self._writer = writer
+        self.latest: tuple[int, Any, Collection[str] | None] | None = None
+
+    async def release(self, value: Mapping[str, Any], key: int) -> None:
+        from fedlm.fl import fairness
+        from fedlm.fl.evaluation import PER_CLIENT
+
+        per_client = flatten(value).get(f"evaluation/{PER_CLIENT}")
+        if per_client is None:
+            return
+        key = int(key)
+        sampled = self._sampled(key) if key > 0 else None
+        self.latest = (key, per_client, sampled)
+        if key in self._done:
+            return
+        self._done.add(key)
+        summary = fairness.summarize(
+            per_client.client_ids, per_client.accuracy, per_client.loss, per_client.tokens, sampled
+        )
+        metrics = {names.metric(name): v for name, v in summary.items()}
+        if self._writer is not None:
+            self._writer.log(key, metrics)
+        else:
+            mlflow.log_metrics(metrics, step=key)
+
+    def log_final(self, run_id: str) -> None:
+        """The last evaluation's clients: a histogram of their accuracy (plots/client_accuracy.png) and their
+        figures (eval/clients_final.json: id, accuracy, loss, real target characters, sampled so far)."""
+        if self.latest is None:
+            return
+        from fedlm.tracking import plots
+
+        key, per_client, sampled = self.latest
+        flags = None if sampled is None else [c in sampled for c in per_client.client_ids]
+        real = per_client.tokens > 0
+        fig = plots.client_accuracy_figure(
+            per_client.accuracy[real], None if flags is None else [f for f, r in zip(flags, real) if r], key
+        )
+        client = mlflow.MlflowClient()
+        client.log_figure(run_id, fig, plots.CLIENT_ACCURACY_FIGURE)
+        rows = {
+            "client_id": list(per_client.client_ids),
+            "accuracy": [float(a) for a in per_client.accuracy],
+            "loss": [float(x) for x in per_client.loss],
+            "tokens": [int(t) for t in per_client.tokens],
+            "sampled": flags if flags is not None else [False] * len(per_client.client_ids),
+        }
+        client.log_dict(run_id, {"round": key, **rows}, CLIENTS_FINAL)
 
 
 def logged_steps(run_id: str) -> dict[str, set[int]]:

@@ -1,7 +1,8 @@
 """`python -m fedlm.report`: a sweep's child runs grouped by their config without `seed`, with statistics over seeds.
 
 Per group: n, the final `eval/loss` and `eval/accuracy` as a mean with its Student's t confidence interval, the
-rounds to reach a target accuracy (their mean, and how many runs never reached it); between every two groups,
+rounds and the megabytes communicated (`comm/total_bytes`) to reach a target accuracy (their means, and how many runs
+never reached it); between every two groups,
 Welch's t-test of those finals. The statistics are pure functions of plain numbers (`mean_ci`, `rounds_to_target`,
 `welch`, `build`): a run is a `ChildRun` of its params and eval histories, whichever store it came from. The rest
 reads a sweep from MLflow (`read`), renders the report (text, Markdown, CSV), draws each group's mean eval curves
@@ -70,6 +71,18 @@ def rounds_to_target(accuracy: Mapping[int, float], target: float) -> int | None
     return next((step for step in sorted(accuracy) if accuracy[step] >= target), None)
 
 
+def megabytes_to_target(accuracy: Mapping[int, float], total_bytes: Mapping[int, float], target: float) -> float | None:
+    """The communication (`comm/total_bytes`, down and up, in MB = 10^6 bytes) spent by the first evaluated round
+    whose accuracy is at least `target` (0 at round 0); None if no evaluation reached it, or the run did not log
+    that round's bytes (runs older than the communication ledger)."""
+    round_num = rounds_to_target(accuracy, target)
+    if round_num is None:
+        return None
+    if round_num == 0:
+        return 0.0
+    return total_bytes[round_num] / 1e6 if round_num in total_bytes else None
+
+
 @dataclasses.dataclass(frozen=True)
 class WelchTest:
     """Welch's two-sided t-test of mean(b) - mean(a), variances not assumed equal, and that difference's confidence
@@ -111,6 +124,7 @@ class ChildRun:
     params: Mapping[str, str]
     loss: Mapping[int, float]  # eval/loss
     accuracy: Mapping[int, float]  # eval/accuracy
+    total_bytes: Mapping[int, float] = dataclasses.field(default_factory=dict)  # comm/total_bytes
 
     @property
     def seed(self) -> str:
@@ -132,6 +146,7 @@ class Group:
     loss: Interval  # of the final eval/loss
     accuracy: Interval  # of the final eval/accuracy
     rounds: tuple[int | None, ...]  # to reach `target`, per run
+    megabytes: tuple[float | None, ...] = ()  # communicated until then, per run
 
     @property
     def n(self) -> int:
@@ -141,6 +156,12 @@ class Group:
     def rounds_mean(self) -> float | None:
         """Over the runs that reached the target; None if none did."""
         reached = [r for r in self.rounds if r is not None]
+        return float(np.mean(reached)) if reached else None
+
+    @property
+    def megabytes_mean(self) -> float | None:
+        """Over the runs that reached the target and logged their bytes; None if none did."""
+        reached = [m for m in self.megabytes if m is not None]
         return float(np.mean(reached)) if reached else None
 
     @property
@@ -252,6 +273,7 @@ def build(
                 mean_ci([final(r.loss) for r in members], confidence),
                 mean_ci([final(r.accuracy) for r in members], confidence),
                 tuple(rounds_to_target(r.accuracy, goal) for r in members),
+                tuple(megabytes_to_target(r.accuracy, r.total_bytes, goal) for r in members),
             )
         )
     groups.sort(key=lambda g: g.loss.mean)
@@ -320,7 +342,8 @@ def _targets(report: Report) -> list[float]:
 def group_table(report: Report) -> tuple[list[str], list[list[str]]]:
     targets = _targets(report)
     to = f"rounds to ≥ {targets[0]:g}" if len(targets) == 1 else "rounds to target"
-    header = ["group", "n", "seeds", f"final {names.EVAL_LOSS}", f"final {names.EVAL_ACCURACY}", to, "never reached"]
+    header = ["group", "n", "seeds", f"final {names.EVAL_LOSS}", f"final {names.EVAL_ACCURACY}", to, "MB to target"]
+    header += ["never reached"]
     rows = [
         [
             g.label,
@@ -330,6 +353,7 @@ def group_table(report: Report) -> tuple[list[str], list[list[str]]]:
             _value(g.accuracy),
             ("–" if g.rounds_mean is None else f"{g.rounds_mean:.1f}")
             + (f" (≥ {g.target:g})" if len(targets) > 1 else ""),
+            "–" if g.megabytes_mean is None else f"{g.megabytes_mean:.3g}",
             f"{g.never} of {g.n}",
         ]
         for g in report.groups
@@ -371,7 +395,8 @@ def _render(report: Report, table, markdown: bool = False) -> str:
         "n − 1 degrees of freedom).",
         *[""] * markdown,
         f"rounds to {target}: the first evaluated round whose `{names.EVAL_ACCURACY}` reaches "
-        "`report.target_accuracy`, mean over the runs that did.",
+        "`report.target_accuracy`, mean over the runs that did; MB to target: the `comm/total_bytes` (down and up, "
+        "10^6 bytes) spent by then, mean over the same runs.",
         "",
         table(*group_table(report)),
     ]
@@ -398,12 +423,14 @@ def _interval_columns(prefix: str) -> list[str]:
 
 def groups_csv(report: Report) -> str:
     header = ["group", "n", "seeds", "run_ids", *_interval_columns("final_eval_loss")]
-    header += [*_interval_columns("final_eval_accuracy"), "target_accuracy", "rounds_to_target_mean", "never_reached"]
+    header += [*_interval_columns("final_eval_accuracy"), "target_accuracy", "rounds_to_target_mean"]
+    header += ["megabytes_to_target_mean", "never_reached"]
     rows = [
         [g.label, g.n, " ".join(r.seed for r in g.runs), " ".join(r.run_id for r in g.runs)]
         + [g.loss.mean, g.loss.low, g.loss.high, g.loss.std]
         + [g.accuracy.mean, g.accuracy.low, g.accuracy.high, g.accuracy.std]
-        + [g.target, "" if g.rounds_mean is None else g.rounds_mean, g.never]
+        + [g.target, "" if g.rounds_mean is None else g.rounds_mean]
+        + ["" if g.megabytes_mean is None else g.megabytes_mean, g.never]
         for g in report.groups
     ]
     return _csv(header, rows)
@@ -421,12 +448,12 @@ def tests_csv(report: Report) -> str:
 
 def runs_csv(report: Report) -> str:
     header = ["group", "run_id", "run_name", "seed", "final_eval_loss", "final_eval_accuracy", "last_round"]
-    header += ["target_accuracy", "rounds_to_target"]
+    header += ["target_accuracy", "rounds_to_target", "megabytes_to_target"]
     rows = [
         [g.label, r.run_id, r.name, r.seed, final(r.loss), final(r.accuracy), max(r.loss), g.target]
-        + ["" if rounds is None else rounds]
+        + ["" if rounds is None else rounds, "" if mb is None else mb]
         for g in report.groups
-        for r, rounds in zip(g.runs, g.rounds)
+        for r, rounds, mb in zip(g.runs, g.rounds, g.megabytes)
     ]
     return _csv(header, rows)
 
@@ -526,14 +553,14 @@ def read(parent: str, experiment_name: str, uri: str, *, target: float | None, c
         if child.info.status != "FINISHED":
             left_out.append(f"{name} ({child.info.status})")
             continue
-        loss, accuracy = (
+        loss, accuracy, total_bytes = (
             {m.step: m.value for m in client.get_metric_history(child.info.run_id, key)}
-            for key in (names.EVAL_LOSS, names.EVAL_ACCURACY)
+            for key in (names.EVAL_LOSS, names.EVAL_ACCURACY, names.COMM_TOTAL_BYTES)
         )
         if not loss or not accuracy:
             left_out.append(f"{name} (no {names.EVAL_LOSS} or {names.EVAL_ACCURACY})")
             continue
-        runs.append(ChildRun(child.info.run_id, name, dict(child.data.params), loss, accuracy))
+        runs.append(ChildRun(child.info.run_id, name, dict(child.data.params), loss, accuracy, total_bytes))
     if not runs:
         raise ConfigError(
             f"parent={parent!r}: none of the {len(children)} child runs of {parent_id} ({run.info.run_name}) finished: "

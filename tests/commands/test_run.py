@@ -191,3 +191,50 @@ def test_scheduled_learning_rates_train_and_are_logged_each_round(tmp_path):
     assert params["schedule"] == "cosine" and params["schedule.total_rounds"] == "2"
     assert params["server_schedule.warmup_rounds"] == "2" and "schedule._target_" not in params
     assert run.info.run_name.startswith("fedavg sgd(cosine)→sgd 2c")
+
+
+@pytest.mark.e2e
+def test_a_compressed_federated_run_logs_its_bytes_and_its_clients_fairness(tmp_path):
+    """aggregator=compression, eval=federated, one eval client among the two trained every round: the bytes of
+    every round and their running total; the eval clients' quantiles and the trained client apart from the others,
+    from the same per-client figures the run logs at its end with their histogram."""
+    from fedlm.data import client_data, shakespeare
+    from fedlm.fl import evaluation
+
+    cfg = compose_config(TINY)
+    text = shakespeare.build_federated_text(
+        shakespeare.load_plays(), cfg.data.proxy_genres, cfg.data.test_fraction, cfg.seed
+    )
+    eval_ids = evaluation.pick_eval_clients(client_data.to_client_data(text.test).client_ids, cfg.eval_clients, 0)
+    other = next(c for c in sorted(text.train) if c not in eval_ids)
+    args = [
+        *TINY,
+        "aggregator=compression",
+        "eval=federated",
+        "sampling=fixed",
+        f"sampling.clients=[{eval_ids[0]},{other}]",
+    ]
+    result = run_fedlm([*args, "mlflow.experiment_name=ledgers"], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:]
+    (run,) = mlflow.search_runs(experiment_names=["ledgers"], output_format="list")
+    client = mlflow.MlflowClient()
+    down, up, total = (_metric_steps(client, run.info.run_id, f"comm/{k}_bytes") for k in ("down", "up", "total"))
+    from fedlm.model import char_rnn
+
+    weights = sum(w.size for w in char_rnn.build_configured(cfg.model, random_init=False).get_weights())
+    # float32: the weights, the client lr, and the adaptive zeroing and clipping norms with their estimates
+    assert down == {0: 0, 1: 2 * (4 * weights + 4 + 4 * 4), 2: 2 * (4 * weights + 4 + 4 * 4)}
+    assert up[1] == up[2] >= 2 * 4 * weights  # no tensor of the tiny model is large enough to be quantized
+    assert total == {0: 0, 1: down[1] + up[1], 2: 2 * (down[1] + up[1])}
+
+    final = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/eval/clients_final.json")
+    assert final["client_id"] == eval_ids and final["round"] == 2
+    assert final["sampled"] == [c == eval_ids[0] for c in eval_ids]
+    accuracy = np.array(final["accuracy"])
+    logged = {k: _metric_steps(client, run.info.run_id, f"eval/{k}") for k in ("seen_clients", "seen_accuracy")}
+    assert logged["seen_clients"] == {1: 1.0, 2: 1.0}
+    assert logged["seen_accuracy"][2] == pytest.approx(accuracy[0])
+    assert _metric_steps(client, run.info.run_id, "eval/unseen_accuracy")[2] == pytest.approx(accuracy[1:].mean())
+    p50 = _metric_steps(client, run.info.run_id, "eval/client_accuracy_p50")
+    assert sorted(p50) == [0, 1, 2] and p50[2] == pytest.approx(np.median(accuracy))
+    assert "plots/client_accuracy.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}

@@ -9,10 +9,13 @@ from fedlm.model import char_rnn
 
 def test_federated_evaluation_measures_what_keras_evaluation_measures():
     """eval=federated (build_fed_eval over per-client datasets) vs the Keras evaluation of the same clients:
-    the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared."""
+    the per-character metrics and counts agree; the loss (a mean of per-batch means) may not, and is not compared.
+    Both measure each client on its own as a Keras evaluation of that client alone does."""
     from fedlm.data import client_data as client_data_lib
+    from fedlm.data.preprocessing import clients_eval_dataset
     from fedlm.fl import evaluation, runtime
     from fedlm.fl import process as fl_process
+    from fedlm.model.metrics import compile_for_eval
 
     texts = [
         "Now is the winter of our discontent",
@@ -41,6 +44,18 @@ def test_federated_evaluation_measures_what_keras_evaluation_measures():
                 for build in (evaluation.keras, evaluation.federated)
             )
         )
+        # Each client alone, by a plain compiled Keras model: what the per-client figures must be.
+        alone = compile_for_eval(keras_model())
+        process.get_model_weights(state).assign_weights_to(alone)
+        expected = [
+            alone.evaluate(clients_eval_dataset(test_data, [cid], seq_length, batch), verbose=0, return_dict=True)
+            for cid in ids
+        ]
     for key in ("accuracy", "cross_entropy", "oov_rate", "num_tokens"):
         np.testing.assert_allclose(by_clients[key], by_keras[key], rtol=1e-5, err_msg=key)
     assert by_clients["num_clients"] == 3 and by_keras["oov_rate"] > 0
+    for per_client in (by_keras[evaluation.PER_CLIENT], by_clients[evaluation.PER_CLIENT]):
+        assert per_client.client_ids == tuple(ids)
+        np.testing.assert_allclose(per_client.tokens, [e["num_tokens"] for e in expected], rtol=1e-6)
+        np.testing.assert_allclose(per_client.accuracy, [e["accuracy"] for e in expected], rtol=1e-5)
+        np.testing.assert_allclose(per_client.loss, [e["cross_entropy"] for e in expected], rtol=1e-5)

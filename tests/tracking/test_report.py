@@ -107,6 +107,8 @@ KNOWN = {
     ],
     "yogi": [[(2.0, 0.40), (2.0, 0.40), (2.0, 0.40), (2.0, 0.40)]],
 }
+# comm/total_bytes after round r: r times a round's bytes (yogi's run predates the ledger: none logged)
+BYTES_PER_ROUND = {"sgd": 1.5e6, "adam": 2e6}
 
 
 def _log_child(client, experiment_id, parent_id, optimizer, seed, history, status="FINISHED"):
@@ -124,6 +126,8 @@ def _log_child(client, experiment_id, parent_id, optimizer, seed, history, statu
         for step, point in enumerate(history)
         for key, value in zip(("eval/loss", "eval/accuracy"), point)
     ]
+    if optimizer in BYTES_PER_ROUND:
+        metrics += [Metric("comm/total_bytes", step * BYTES_PER_ROUND[optimizer], now, step) for step in range(4)]
     client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(run.info.run_id, status)
     return run.info.run_id
@@ -174,6 +178,9 @@ def test_report_of_known_numbers_matches_scipy(known_sweep):
     assert (sgd.rounds, sgd.rounds_mean, sgd.never) == ((2, 3, None), 2.5, 1)
     assert (adam.rounds, adam.rounds_mean, adam.never) == ((1, 1), 1.0, 0)
     assert (yogi.rounds_mean, yogi.never) == (None, 1)
+    # MB = 10^6 bytes spent by the round that reached the target, over the runs that reached it
+    assert sgd.megabytes == (3.0, 4.5, None) and sgd.megabytes_mean == pytest.approx(3.75)
+    assert adam.megabytes == (2.0, 2.0) and yogi.megabytes_mean is None
 
     by_pair = {(c.a.label, c.b.label): c for c in result.comparisons}
     assert len(by_pair) == 3
@@ -191,6 +198,9 @@ def test_report_of_known_numbers_matches_scipy(known_sweep):
     assert "one run (n = 1), no interval and no test: optimizer=yogi" in text
     assert "not corrected for the 3 comparisons (Bonferroni: p < 0.017" in text
     assert f"optimizer=sgd   3  0,1,2  {sgd.loss.mean:.4f} ± {sgd.loss.half_width:.4f}" in text
+    header, rows = report.group_table(result)
+    assert header[5:] == ["rounds to ≥ 0.5", "MB to target", "never reached"]
+    assert [row[5:] for row in rows] == [["2.5", "3.75", "1 of 3"], ["1.0", "2", "0 of 2"], ["–", "–", "1 of 1"]]
     assert f"optimizer=yogi  1  0      {yogi.loss.mean:.4f} (n = 1)" in text
 
 
@@ -218,6 +228,7 @@ def test_the_report_is_logged_to_the_parent_run(known_sweep):
     assert float(sgd["final_eval_loss_ci_low"]) == pytest.approx(low)
     assert float(sgd["final_eval_loss_ci_high"]) == pytest.approx(high)
     assert (sgd["rounds_to_target_mean"], sgd["never_reached"], groups[2]["final_eval_loss_ci_low"]) == ("2.5", "1", "")
+    assert (sgd["megabytes_to_target_mean"], groups[2]["megabytes_to_target_mean"]) == ("3.75", "")
     tests_rows = list(csv.DictReader(io.StringIO(load(report.TESTS_CSV))))
     assert len(tests_rows) == 6 and {r["metric"] for r in tests_rows} == {"final eval/loss", "final eval/accuracy"}
     runs = list(csv.DictReader(io.StringIO(load(report.RUNS_CSV))))
