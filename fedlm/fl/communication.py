@@ -83,17 +83,18 @@ def upload_bytes(computation: tff.Computation) -> int:
 
 
 class _Recorder:
-    """Remembers the aggregation process TFF creates from the wrapped factory while it builds the learning process:
-    the uploads are read from the process the run executes, without building (tracing) it a second time."""
-
-    process: tff.templates.AggregationProcess | None = None
+    """Remembers the aggregation processes TFF creates from the wrapped factory while it builds the learning process:
+    the uploads are read from the processes the run executes, without building (tracing) them a second time. One for
+    FedAvg's model updates; MimeLite creates two, its clients sending their update and their full gradient."""
 
     def __init__(self, factory: tff.aggregators.AggregationFactory):
         self._factory = factory
+        self.processes: list[tff.templates.AggregationProcess] = []
 
     def create(self, *types: tff.Type) -> tff.templates.AggregationProcess:
-        self.process = self._factory.create(*types)
-        return self.process
+        process = self._factory.create(*types)
+        self.processes.append(process)
+        return process
 
 
 class RecordingWeightedFactory(_Recorder, tff.aggregators.WeightedAggregationFactory):
@@ -150,11 +151,7 @@ def build_ledger(
 ) -> Ledger:
     """The ledger of `learning_process`, whose model updates the recorded `aggregator` aggregates: the model sent to
     `clients_in_round(r)` clients, updates back from `clients_reporting(r)` (None: the same clients)."""
-    if aggregator.process is None:
+    if not aggregator.processes:
         raise ValueError("the learning process was not built with this aggregator")
-    return Ledger(
-        broadcast_bytes(learning_process.next),
-        upload_bytes(aggregator.process.next),
-        clients_in_round,
-        clients_reporting,
-    )
+    up = sum(upload_bytes(process.next) for process in aggregator.processes)
+    return Ledger(broadcast_bytes(learning_process.next), up, clients_in_round, clients_reporting)

@@ -74,3 +74,17 @@ def test_the_totals_are_a_function_of_the_round():
     ledger = communication.Ledger(10, 3, lambda r: r)  # round r samples r clients
     assert ledger.metrics(0) == {"comm_down_bytes": 0, "comm_up_bytes": 0, "comm_total_bytes": 0}
     assert ledger.metrics(3) == {"comm_down_bytes": 30, "comm_up_bytes": 9, "comm_total_bytes": 13 * (1 + 2 + 3)}
+
+
+def test_mime_lite_clients_send_their_update_and_their_full_gradient():
+    """MimeLite aggregates two things a client sends (its model update and its full-batch gradient at the server
+    model, each weighted); the server broadcasts the model and its optimizer's state (SGD momentum: one more copy)."""
+    ledger, model = ledger_of((8, 16), ["algorithm=mime_lite", "optimizer=sgdm"])
+    weights = sum(w.size for w in model.get_weights())
+    assert ledger.up_per_client == 2 * (4 * weights + 4)
+    assert ledger.down_per_client >= 2 * 4 * weights
+
+
+def test_dropped_clients_were_sent_the_model_and_sent_nothing_back():
+    ledger = communication.Ledger(10, 3, lambda r: 5, lambda r: r)  # 5 sampled, r of them report
+    assert ledger.metrics(2) == {"comm_down_bytes": 50, "comm_up_bytes": 6, "comm_total_bytes": 50 + 3 + 50 + 6}
