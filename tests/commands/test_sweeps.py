@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -124,11 +125,12 @@ def test_ctrl_c_stops_a_joblib_sweep_job_by_job_and_resume_true_completes_it(tmp
     jobs end KILLED with their checkpoints (joblib used to kill their processes mid-round: RUNNING, lost), the third
     does not start, the parent is KILLED and says what became of each job; `-m … resume=true` then continues the
     same parent: the stopped jobs resume, the third starts, all finish."""
-    args = ["-m", *TINY, "rounds=4", "sample_every=2", "sample_length=500", "seed=0,1,2"]
+    args = ["-m", *TINY, "rounds=6", "sample_every=2", "sample_length=500", "seed=0,1,2"]
     args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "mlflow.experiment_name=stopped_sweep"]
     proc = start_fedlm(args, tmp_path, python=UV_RUN)
-    before = read_until(proc, r"^round +1/")
-    before += read_until(proc, r"^round +1/")  # both workers' jobs are in their rounds (not starting up)
+    before = ""
+    while not all(_in_rounds(tmp_path / "sweep" / job) for job in ("0", "1")):  # both jobs, not one job twice
+        before += read_until(proc, r"^round +\d+/")
     os.killpg(proc.pid, signal.SIGINT)
     after, _ = proc.communicate(timeout=600)
     assert_session_ended(proc.pid)
@@ -149,7 +151,13 @@ def test_ctrl_c_stops_a_joblib_sweep_job_by_job_and_resume_true_completes_it(tmp
     again, children = sweep_runs("stopped_sweep")
     assert again.info.run_id == parent.info.run_id and again.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == ["seed=0", "seed=1", "seed=2"]
-    assert_full_history(children, rounds=4)
+    assert_full_history(children, rounds=6)
+
+
+def _in_rounds(job_dir: Path) -> bool:
+    """The job's own console (its run.log, Hydra's log lines) shows a round trained: it is past its start-up."""
+    log = job_dir / "run.log"
+    return log.is_file() and re.search(r"\] - round +[1-9]\d*/", log.read_text()) is not None
 
 
 def _killed_rounds(out: str) -> dict[int, int]:

@@ -69,7 +69,7 @@ def one_round(start, clients: list[str], overrides: list[str], client_rate: floa
     state = process.set_model_weights(process.initialize(), tff.learning.models.ModelWeights.from_model(template))
     if client_rate is not None:
         hparams = process.get_hparams(state)
-        hparams["client_work"]["optimizer"]["learning_rate"] = np.float32(client_rate)
+        hparams["client_work"]["learning_rate"] = np.float32(client_rate)
         state = process.set_hparams(state, hparams)
     state = process.next(state, [CLIENTS[c] for c in clients]).state
     return [np.asarray(w) for w in process.get_model_weights(state).trainable]
