@@ -51,7 +51,9 @@ def swept_overrides(config: DictConfig) -> list[str]:
 
 
 def swept_keys(config: DictConfig) -> list[str]:
-    return [o.partition("=")[0] for o in swept_overrides(config) if not o.startswith("experiment=")]
+    """The keys a multirun varies, as a job's parsed overrides name them: without `+`, `++` or `~` (an experiment
+    file's `+experiment/reddi2020_server: fedavg,…` varies the group `experiment/reddi2020_server`)."""
+    return [o.partition("=")[0].lstrip("+~") for o in swept_overrides(config) if not o.startswith("experiment=")]
 
 
 def sweep_name(config: DictConfig) -> str:

@@ -105,3 +105,19 @@ def test_a_run_description_shows_the_start_and_the_end_but_no_machine_key():
     assert "Overrides: `optimizer=adam`" in text and "cache_dir" not in text
     assert "| `eval/loss` | 1.878 | 1.752 |" in text and "| `eval/accuracy` | 0.466 | – |" in text
     assert 'load_model("runs:/x/m")' in text
+
+
+def test_an_appended_group_swept_by_an_experiment_file_names_its_children():
+    """experiment=reddi2020_shakespeare sweeps `+experiment/reddi2020_server: fedavg,…`: each child is named by its
+    server setup, not only by its seed (five children all called `seed=0` before)."""
+    from hydra import compose, initialize_config_dir
+
+    from fedlm.tracking import sweep
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="config", overrides=["experiment=reddi2020_shakespeare"], return_hydra_config=True)
+    swept = sweep.swept_keys(cfg)
+    assert swept == ["experiment/reddi2020_server", "seed"]
+    job = ["+experiment/reddi2020_server=fedadam", "seed=1", "experiment=reddi2020_shakespeare"]
+    assert names.child_name(job, swept, {*GROUPS, "experiment/reddi2020_server"}) == "fedadam · seed=1"
