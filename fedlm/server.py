@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedlm.errors import ConfigError
@@ -112,10 +113,22 @@ def start_mlflow(database_port: int, artifacts: Path, host: str, port: int, work
             stdout=output,
             stderr=subprocess.STDOUT,
             process_group=0,  # with its uvicorn workers: stopped as a group
+            env=server_environment(os.environ),
         )
     local = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     _wait_for(lambda: _answers(f"http://{local}:{port}/health"), server, "the MLflow server", log)
     return server
+
+
+# A client's run context in the shell that starts the server: the server reads $MLFLOW_EXPERIMENT_ID as the default
+# experiment of requests that name none, so one left by another tool's `mlflow.set_experiment` (another store's id)
+# failed every job's run ("MLFLOW_EXPERIMENT_ID environment variable value `7` does not exist").
+CLIENT_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI")
+
+
+def server_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    """The MLflow server's environment: the shell's, without a client's run context (CLIENT_CONTEXT)."""
+    return {k: v for k, v in environment.items() if k not in CLIENT_CONTEXT}
 
 
 def _answers(url: str) -> bool:

@@ -239,9 +239,13 @@ def team_server() -> Iterator[TeamServer]:
     directory.chmod(0o755)
     port, database_port = _free_loopback_port(), _free_loopback_port()
     args = ["--dir", str(directory), "--port", str(port), "--db-port", str(database_port), "--workers", "1"]
+    # From a shell where another tool's `mlflow.set_experiment` left $MLFLOW_EXPERIMENT_ID (of another store): the
+    # server read it as the default experiment of requests without one, and failed the sweep's jobs.
+    stale = {**os.environ, "MLFLOW_EXPERIMENT_ID": "424242"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "fedlm.server", *args],
         cwd=ROOT,
+        env=stale,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

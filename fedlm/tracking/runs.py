@@ -21,9 +21,10 @@ from fedlm.tracking.artifacts import LOGGED_MODEL_NAME
 from fedlm.tracking.ledger import StoreWriter
 
 # System metrics say "Started monitoring system metrics." and more at INFO, at every run's start and end, and warn
-# (with the store's SQL error) when the store is briefly unavailable: they are best-effort; round metrics go through
-# the ledger (fedlm/tracking/ledger.py), which says so once.
-logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
+# or log an ERROR (with the store's SQL error: "Error terminating system metrics monitoring process") when the store
+# is briefly unavailable: they are best-effort; round metrics go through the ledger (fedlm/tracking/ledger.py), which
+# says once, in fedlm's own line, that the store is unavailable.
+logging.getLogger("mlflow.system_metrics").setLevel(logging.CRITICAL)
 
 
 def run_tags(overrides: list[str]) -> dict[str, str]:

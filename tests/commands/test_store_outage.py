@@ -98,6 +98,20 @@ def only_run(uri: str, experiment: str):
     return client, run
 
 
+def wait_for_round_in_store(uri: str, experiment: str, round_num: int, timeout: float = 120) -> None:
+    """Until the store has round `round_num`'s train loss (written after its progress line, with its other metrics)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # the experiment or run may not exist yet
+            client, run = only_run(uri, experiment)
+            if round_num in {m.step for m in client.get_metric_history(run.info.run_id, "train/loss")}:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"round {round_num}'s metrics not in {uri} after {timeout} s")
+
+
 def assert_every_step_once(client: mlflow.MlflowClient, run_id: str, rounds: int) -> None:
     """Each round's metrics in the store, each step once (a replayed or recomputed step logged twice would show)."""
     steps = {
@@ -147,6 +161,7 @@ def test_a_store_on_a_full_filesystem_stops_cleanly_and_resume_logs_every_step_o
     out = ""
     try:
         out = read_until(proc, r"^round +1/")
+        wait_for_round_in_store(uri, "full", 1)  # the line is printed as the round's metrics go to the store
         fill(small_filesystem)  # from here on the store cannot write: not a metric, not a status
         out = finish(proc, out)
     finally:

@@ -191,7 +191,7 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
         )
         assert sorted(m["step"] for m in history["metrics"]) == [0, 1, 2]
         listed = json.loads(_get(f"{api}/artifacts/list?run_id={tiny_run_id}&path=plots"))
-        assert [f["path"] for f in listed["files"]] == [plots.RUN_FIGURE]
+        assert sorted(f["path"] for f in listed["files"]) == sorted([plots.RUN_FIGURE, plots.CLIENT_ACCURACY_FIGURE])
         png = _get(f"{base}/get-artifact?path={plots.RUN_FIGURE}&run_uuid={tiny_run_id}")
         assert png.startswith(b"\x89PNG")
         table = json.loads(_get(f"{base}/get-artifact?path={release.SAMPLES_TABLE}&run_uuid={tiny_run_id}"))
