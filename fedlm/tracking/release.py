@@ -52,51 +52,59 @@ class MlflowReleaseManager(tff.program.ReleaseManager):
             mlflow.log_metrics(new, step=int(key))
 
 
-class PrivacyReleaseManager(tff.program.ReleaseManager):
-    """aggregator=dp: logs `privacy_epsilon`, the epsilon its rounds so far have spent (the run's
-    `fedlm.fl.privacy.Ledger`), step = round, from round 0 (nothing spent). A round released twice (training, then a
-    final evaluation) is logged once; a resumed run's logged steps are not logged again."""
+class RoundOnceReleaseManager(tff.program.ReleaseManager):
+    """Logs each released round's metrics once, step = round: a round released twice (training, then a final
+    evaluation) is logged once, and a resumed run's steps already in the store (`already_logged` of `done_metric`)
+    are not logged again. Through the run's `writer` (the ledger) if given, else straight to MLflow."""
 
-    def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
-        self._ledger = ledger
-        self._done: set[int] = set((already_logged or {}).get(names.PRIVACY_EPSILON, ()))
+    def __init__(
+        self, done_metric: str, already_logged: Mapping[str, Collection[int]] | None, writer: StoreWriter | None
+    ):
+        self._done: set[int] = set((already_logged or {}).get(done_metric, ()))
         self._writer = writer
 
-    async def release(self, value: Any, key: int) -> None:
-        key = int(key)
+    def first_release(self, key: int) -> bool:
+        """Whether round `key` is released for the first time (and so is to be logged); counts it as logged."""
         if key in self._done:
-            return
+            return False
         self._done.add(key)
-        metrics = {names.PRIVACY_EPSILON: self._ledger.epsilon(key)}
+        return True
+
+    def log(self, key: int, metrics: Mapping[str, float]) -> None:
         if self._writer is not None:
-            self._writer.log(key, metrics)
+            self._writer.log(key, dict(metrics))
         else:
-            mlflow.log_metrics(metrics, step=key)
+            mlflow.log_metrics(dict(metrics), step=key)
 
 
-class CommunicationReleaseManager(tff.program.ReleaseManager):
+class PrivacyReleaseManager(RoundOnceReleaseManager):
+    """aggregator=dp: logs `privacy_epsilon`, the epsilon its rounds so far have spent (the run's
+    `fedlm.fl.privacy.Ledger`), step = round, from round 0 (nothing spent)."""
+
+    def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
+        super().__init__(names.PRIVACY_EPSILON, already_logged, writer)
+        self._ledger = ledger
+
+    async def release(self, value: Any, key: int) -> None:
+        if self.first_release(key := int(key)):
+            self.log(key, {names.PRIVACY_EPSILON: self._ledger.epsilon(key)})
+
+
+class CommunicationReleaseManager(RoundOnceReleaseManager):
     """Logs the communication ledger's bytes (fedlm/fl/communication.py) of every released round, step = round:
     `comm/down_bytes`, `comm/up_bytes` of the round and `comm/total_bytes` so far (0 at round 0). A function of the
-    round, so a resumed run logs what an uninterrupted one would; steps already logged are not logged again."""
+    round, so a resumed run logs what an uninterrupted one would."""
 
     def __init__(self, ledger: Any, already_logged: Mapping[str, Collection[int]] | None = None, writer=None):
+        super().__init__(names.COMM_TOTAL_BYTES, already_logged, writer)
         self._ledger = ledger
-        self._done: set[int] = set((already_logged or {}).get(names.COMM_TOTAL_BYTES, ()))
-        self._writer = writer
 
     async def release(self, value: Any, key: int) -> None:
-        key = int(key)
-        if key in self._done:
-            return
-        self._done.add(key)
-        metrics = {names.metric(name): float(v) for name, v in self._ledger.metrics(key).items()}
-        if self._writer is not None:
-            self._writer.log(key, metrics)
-        else:
-            mlflow.log_metrics(metrics, step=key)
+        if self.first_release(key := int(key)):
+            self.log(key, {names.metric(name): float(v) for name, v in self._ledger.metrics(key).items()})
 
 
-class FairnessReleaseManager(tff.program.ReleaseManager):
+class FairnessReleaseManager(RoundOnceReleaseManager):
     """Every evaluation's per-client figures (fedlm/fl/fairness.py) as metrics, step = round: quantiles of the eval
     clients' accuracy and loss, the worst 10%, and the clients sampled for training in rounds 1 … r (`sampled`:
     round -> their ids) against the others. Remembers the last evaluation (`latest`: round, its `PerClient`, the
@@ -108,9 +116,8 @@ class FairnessReleaseManager(tff.program.ReleaseManager):
         already_logged: Mapping[str, Collection[int]] | None = None,
         writer: StoreWriter | None = None,
     ):
+        super().__init__(names.metric("eval_client_accuracy_p50"), already_logged, writer)
         self._sampled = sampled
-        self._done: set[int] = set((already_logged or {}).get(names.metric("eval_client_accuracy_p50"), ()))
-        self._writer = writer
         self.latest: tuple[int, Any, Collection[str] | None] | None = None
 
     async def release(self, value: Mapping[str, Any], key: int) -> None:
@@ -123,17 +130,12 @@ class FairnessReleaseManager(tff.program.ReleaseManager):
         key = int(key)
         sampled = self._sampled(key) if key > 0 else None
         self.latest = (key, per_client, sampled)
-        if key in self._done:
+        if not self.first_release(key):
             return
-        self._done.add(key)
         summary = fairness.summarize(
             per_client.client_ids, per_client.accuracy, per_client.loss, per_client.tokens, sampled
         )
-        metrics = {names.metric(name): v for name, v in summary.items()}
-        if self._writer is not None:
-            self._writer.log(key, metrics)
-        else:
-            mlflow.log_metrics(metrics, step=key)
+        self.log(key, {names.metric(name): v for name, v in summary.items()})
 
     def log_final(self, run_id: str) -> None:
         """The last evaluation's clients: a histogram of their accuracy (plots/client_accuracy.png) and their
