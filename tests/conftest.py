@@ -204,7 +204,10 @@ def session_processes(session_id: int, grace: float = 0.0) -> list[psutil.Proces
 def tiny_run(tmp_path_factory) -> subprocess.CompletedProcess:
     """One tiny real `python -m fedlm.run` (experiment TINY_RUN_EXPERIMENT), shared by every test that reads a run."""
     tmp = tmp_path_factory.mktemp("run")
-    result = run_fedlm([*TINY, f"mlflow.experiment_name={TINY_RUN_EXPERIMENT}"], tmp)
+    # MLflow samples system metrics every 10 s by default; this run can end sooner on a fast machine and then
+    # records none (CI failed so), though a user's runs of minutes do. One-second samples keep it in the test.
+    sampling = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1"}
+    result = run_fedlm([*TINY, f"mlflow.experiment_name={TINY_RUN_EXPERIMENT}"], tmp, env=sampling)
     assert result.returncode == 0, result.stdout[-3000:]
     return result
 
