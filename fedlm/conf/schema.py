@@ -14,7 +14,7 @@ TensorFlow is imported, so bad input costs no work.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Optional
@@ -55,6 +55,9 @@ class Option:
 
     _target_: str = MISSING
     _partial_: bool = True
+    # Groups this option leaves unused (FedSGD: the client optimizer): their choices and keys are not the run's params
+    # nor in its name, so that a run, and the groups a report tells apart, never show a value that did nothing.
+    unused_groups: ClassVar[tuple[str, ...]] = ()
 
     def check(self, cfg: DictConfig) -> None:
         """Checks of this option against the rest of the config (before TensorFlow); raise ConfigError."""
@@ -634,6 +637,7 @@ class FedSgd(Option):
     """FedSGD (McMahan et al. 2017): each client's gradient at the server model, applied by the server optimizer."""
 
     _target_: str = "fedlm.fl.algorithms.fedsgd"
+    unused_groups: ClassVar[tuple[str, ...]] = ("optimizer", "schedule")  # clients take no step
 
     def check(self, cfg: DictConfig) -> None:
         schedule = choice_name(option_type(cfg.schedule))
@@ -708,6 +712,12 @@ GROUPS: dict[str, dict[str, type[Option]]] = {
     "schedule": SCHEDULES,
     "server_schedule": SCHEDULES,
 }
+
+
+def unused_groups(choices: Mapping[str, Any]) -> set[str]:
+    """The groups the chosen options leave unused (`Option.unused_groups`), from Hydra's choices (group -> name)."""
+    chosen = (GROUPS[group].get(name) for group, name in choices.items() if group in GROUPS)
+    return {group for option in chosen if option is not None for group in option.unused_groups}
 
 
 def choice_name(option: type) -> str:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from fedlm.conf.schema import RANDOM_INIT, is_machine_key
+from fedlm.conf.schema import RANDOM_INIT, is_machine_key, unused_groups
 
 SEP = " · "  # between the parts of a run name: no `=`, no spaces to mistake for a separator
 
@@ -99,10 +99,11 @@ def child_name(overrides: Sequence[str], swept_keys: Collection[str], groups: Co
 
 def run_summary(choices: Mapping[str, Any], clients_per_round: int, overrides: Sequence[str]) -> str:
     """A single run's name: algorithm, client → server optimizer (with a schedule: `sgd(cosine)`), clients per round
-    (`fedavg sgd→sgd 10c`), after the experiment file if any (`tutorial: …`), then the other options chosen on the
-    command line (`… dp`)."""
+    (`fedavg sgd→sgd 10c`; FedSGD's clients take no step: `fedsgd →sgd 10c`), after the experiment file if any
+    (`tutorial: …`), then the other options chosen on the command line (`… dp`)."""
+    client = "" if "optimizer" in unused_groups(choices) else _optimizer(choices, "optimizer", "schedule")
     summary = (
-        f"{choices.get('algorithm')} {_optimizer(choices, 'optimizer', 'schedule')}→"
+        f"{choices.get('algorithm')} {client}→"
         f"{_optimizer(choices, 'server_optimizer', 'server_schedule')} {clients_per_round}c"
     )
     shown = {"algorithm", "optimizer", "server_optimizer", "schedule", "server_schedule", "experiment"}
@@ -166,12 +167,17 @@ def _schedule(node: Any, choice: str | None) -> str:
 def setup_line(cfg: Any, choices: Mapping[str, Any]) -> str:
     """What the run does, in a sentence: the options chosen and the keys that matter most."""
     batches = "all" if cfg.max_batches_per_client is None else f"at most {cfg.max_batches_per_client}"
+    client = (
+        "no client optimizer (a gradient at the server model)"
+        if "optimizer" in unused_groups(choices)
+        else f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}"
+        f"{_schedule(cfg.get('schedule'), choices.get('schedule'))})"
+    )
     return (
         f"{cfg.rounds} rounds of `{choices.get('algorithm')}`, {cfg.clients_per_round} clients a round "
         f"(`{choices.get('sampling')}` sampling, `{choices.get('client_weighting')}` weighting, "
         f"`{choices.get('aggregator')}` aggregation), {cfg.local_epochs} local epoch(s) of {batches} batches; "
-        f"client `{choices.get('optimizer')}` (lr {cfg.optimizer.get('learning_rate')}"
-        f"{_schedule(cfg.get('schedule'), choices.get('schedule'))}) → server `{choices.get('server_optimizer')}` "
+        f"{client} → server `{choices.get('server_optimizer')}` "
         f"(lr {cfg.server_optimizer.get('learning_rate')}"
         f"{_schedule(cfg.get('server_schedule'), choices.get('server_schedule'))}); model "
         f"`{choices.get('model')}` from {_start(cfg)}; data `{choices.get('data')}` "

@@ -134,14 +134,15 @@ def run_params(config_flat: Mapping[str, Any], choices: Mapping[str, Any]) -> di
     """A run's params, what makes the experiment: the option chosen in every group (`optimizer=adam`, readable and
     searchable as `params.optimizer = 'adam'`) and the keys of the chosen options and the rest of the config -- not
     how options are built (`_target_`, `_partial_`) nor machine-local keys (machine_tags), which `config.yaml`
-    keeps."""
+    keeps -- nor the groups the chosen options leave unused (FedSGD's client optimizer: `schema.unused_groups`)."""
+    unused = schema.unused_groups(choices)
     params = {group: choice for group, choice in choices.items() if not schema.is_machine_key(group) and choice}
     params |= {
         k: v
         for k, v in config_flat.items()
-        if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS and not schema.is_machine_key(k)
-    }
-    return params
+        if k.rsplit(".", 1)[-1] not in schema.BUILD_KEYS and not schema.is_machine_key(k) and k not in choices
+    }  # a group's own key (`experiment: null` until an experiment file is chosen) is its choice, not the config's
+    return {k: v for k, v in params.items() if k.split(".", 1)[0] not in unused}
 
 
 def machine_tags(config_flat: Mapping[str, Any]) -> dict[str, str]:

@@ -74,6 +74,8 @@ def test_a_single_run_is_named_by_a_summary_without_infrastructure():
     )
     scheduled = CHOICES | {"schedule": "cosine", "server_schedule": "constant"}
     assert names.run_summary(scheduled, 10, ["schedule=cosine", "aggregator=dp"]) == "fedavg sgd(cosine)→sgd 10c dp"
+    # FedSGD's clients take no step: no client optimizer in its name
+    assert names.run_summary(CHOICES | {"algorithm": "fedsgd"}, 10, ["algorithm=fedsgd"]) == "fedsgd →sgd 10c"
 
 
 def test_the_setup_line_names_a_schedule_and_its_warm_up():
@@ -85,6 +87,8 @@ def test_the_setup_line_names_a_schedule_and_its_warm_up():
     assert "client `sgd` (lr 0.5, `cosine` schedule) → server `sgd` (lr 1.0, 3 warm-up rounds)" in line
     assert "schedule" not in names.setup_line(compose_config(), {**choices, "schedule": "constant"}).split("model")[0]
     assert names.label("server_schedule.decay_rate") == "server schedule decay_rate"
+    fedsgd = names.setup_line(compose_config(["algorithm=fedsgd"]), {**choices, "algorithm": "fedsgd"})
+    assert "; no client optimizer (a gradient at the server model) → server `sgd` (lr 1.0" in fedsgd
 
 
 def test_a_sweep_parent_is_named_by_what_it_varies():

@@ -259,6 +259,21 @@ def test_run_params_add_the_choices_and_drop_how_options_are_built_and_the_machi
         "rounds": 3,
         "pretrain.steps": 500,
     }
+    # The schema's `experiment: null` is not the chosen experiment file (params.experiment was 'None' in every run)
+    chosen = store.run_params(flat | {"experiment": None}, choices | {"experiment": "tutorial"})
+    assert chosen["experiment"] == "tutorial"
+    assert "experiment" not in store.run_params(flat | {"experiment": None}, choices)  # none chosen: no param
+    # FedSGD leaves the client optimizer and its schedule unused: neither is a param of the run
+    fedsgd = flat | {"optimizer.learning_rate": 0.5, "schedule.warmup_rounds": 0, "server_optimizer.learning_rate": 1}
+    fedsgd_choices = {"algorithm": "fedsgd", "optimizer": "sgd", "schedule": "constant", "server_optimizer": "sgd"}
+    assert set(store.run_params(fedsgd, fedsgd_choices)) == {
+        "algorithm",
+        "server_optimizer",
+        "server_optimizer.learning_rate",
+        "aggregator.noise_multiplier",
+        "rounds",
+        "pretrain.steps",
+    }
     assert store.machine_tags(flat) == {
         "fedlm.config.cache_dir": "/home/x/.cache/fedlm",
         "fedlm.config.runtime.max_concurrent_clients": "2",

@@ -276,3 +276,33 @@ def test_a_groups_curve_is_its_mean_and_interval_per_round_and_repeated_seeds_ar
     assert (end.low, end.high) == pytest.approx(stats.t.interval(0.95, 2, x.mean(), stats.sem(x)))
     assert group.label == "all runs" and "all runs: seed 1 more than once" in result.text()
     assert not result.comparisons and "Welch" not in result.text()
+
+
+def test_a_fedsgd_group_shows_no_client_optimizer_it_did_not_use():
+    """McMahan et al.'s sweep, FedAvg against FedSGD, as its jobs compose: FedSGD's clients take no step, so its runs
+    hold no client-optimizer params and the report's labels give it none (it showed `optimizer.learning_rate=0.5`,
+    a rate FedSGD never used, against FedAvg's 1.0)."""
+    from hydra import compose, initialize_config_dir
+
+    from fedlm.conf import schema
+    from fedlm.tracking import store
+    from tests.conftest import CONF_DIR
+
+    runs = []
+    for algorithm in ("fedavg", "fedsgd"):
+        job = ["experiment=mcmahan2017_shakespeare", f"+experiment/mcmahan2017_algorithm={algorithm}", "seed=0"]
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            cfg = compose(config_name="config", overrides=job, return_hydra_config=True)
+        choices = dict(cfg.hydra.runtime.choices)
+        del cfg.hydra
+        params = store.run_params(schema.flat_config(cfg), choices)
+        runs.append(report.ChildRun(algorithm, "", {k: str(v) for k, v in params.items()}, {0: 1.0}, {0: 0.1}))
+    fedavg, fedsgd = (r.params for r in runs)
+    assert fedavg["optimizer"] == "sgd" and fedavg["optimizer.learning_rate"] == "1.0"
+    assert not [k for k in fedsgd if k.split(".")[0] in ("optimizer", "schedule")], fedsgd
+    assert fedsgd["server_optimizer.learning_rate"] == "1.0"  # the step FedSGD does take
+    labels = list(report.group_runs(runs, order=["experiment/mcmahan2017_algorithm"]))
+    assert labels == [
+        "experiment/mcmahan2017_algorithm=fedavg · algorithm=fedavg · optimizer=sgd · schedule=constant",
+        "experiment/mcmahan2017_algorithm=fedsgd · algorithm=fedsgd · optimizer=<absent> · schedule=<absent>",
+    ]
