@@ -204,7 +204,8 @@ def group_runs(runs: Sequence[ChildRun], order: Sequence[str] = ()) -> dict[str,
     """The runs by config without `seed`, each group labelled by the params that tell the groups apart, as
     overrides (`optimizer=adam · client_weighting=uniform`): an option's own keys are left out when the option
     itself differs (`optimizer.learning_rate` when `optimizer` does), and keys of `order` (the sweep's swept keys)
-    come first. One group: `all runs`."""
+    come first; when the swept keys alone tell every group apart, only they (an experiment file's choice, not the
+    algorithm and optimizer it sets as well). One group: `all runs`."""
     by_config: dict[tuple, list[ChildRun]] = {}
     for run in runs:
         by_config.setdefault(run.config, []).append(run)
@@ -216,10 +217,11 @@ def group_runs(runs: Sequence[ChildRun], order: Sequence[str] = ()) -> dict[str,
         keys = sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
         return [names.SEP.join(f"{k}={c.get(k, '<absent>')}" for k in keys) or "all runs" for c in configs]
 
+    swept = labels([k for k in order if k in differing])
     shown = labels([k for k in differing if not any(k.startswith(f"{p}.") for p in differing)])
     if len(set(shown)) < len(configs):  # an option's key tells two groups of the same option apart: show them all
         shown = labels(differing)
-    return dict(zip(shown, by_config.values()))
+    return dict(zip(swept if len(set(swept)) == len(configs) else shown, by_config.values()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -90,6 +90,13 @@ def test_groups_are_configs_without_seed_named_by_what_tells_them_apart():
         "rounds=3 · optimizer=sgd",
         "rounds=5 · optimizer=adam",
     ]
+    # The swept key tells the groups apart: only it, not what else its choice sets (an experiment file's optimizer)
+    by_file = [_run(0, "sgd", **{"experiment/x": "a"}), _run(0, "adam", **{"experiment/x": "b"})]
+    assert list(report.group_runs(by_file, order=["experiment/x", "seed"])) == ["experiment/x=a", "experiment/x=b"]
+    assert list(report.group_runs(by_file, order=["seed"])) == [
+        "experiment/x=a · optimizer=sgd",
+        "experiment/x=b · optimizer=adam",
+    ]
 
 
 # ---- a sweep with known numbers, in a store of the test's own --------------------------------------------
@@ -301,8 +308,12 @@ def test_a_fedsgd_group_shows_no_client_optimizer_it_did_not_use():
     assert fedavg["optimizer"] == "sgd" and fedavg["optimizer.learning_rate"] == "1.0"
     assert not [k for k in fedsgd if k.split(".")[0] in ("optimizer", "schedule")], fedsgd
     assert fedsgd["server_optimizer.learning_rate"] == "1.0"  # the step FedSGD does take
-    labels = list(report.group_runs(runs, order=["experiment/mcmahan2017_algorithm"]))
-    assert labels == [
-        "experiment/mcmahan2017_algorithm=fedavg · algorithm=fedavg · optimizer=sgd · schedule=constant",
-        "experiment/mcmahan2017_algorithm=fedsgd · algorithm=fedsgd · optimizer=<absent> · schedule=<absent>",
+    assert list(report.group_runs(runs)) == [
+        "algorithm=fedavg · experiment/mcmahan2017_algorithm=fedavg · optimizer=sgd · schedule=constant",
+        "algorithm=fedsgd · experiment/mcmahan2017_algorithm=fedsgd · optimizer=<absent> · schedule=<absent>",
+    ]
+    swept = ["experiment/mcmahan2017_algorithm", "partition", "seed"]  # the protocol's sweep: only what it varies
+    assert list(report.group_runs(runs, swept)) == [
+        "experiment/mcmahan2017_algorithm=fedavg",
+        "experiment/mcmahan2017_algorithm=fedsgd",
     ]
