@@ -75,7 +75,9 @@ def parent_params(config: DictConfig) -> dict[str, Any]:
 
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     params = store.run_params(schema.flat_config(task), dict(config.hydra.runtime.choices))
-    spec = dict(o.partition("=")[::2] for o in swept_overrides(config))
+    # keyed as the children's params are: `+experiment/reddi2020_server` is the group experiment/reddi2020_server
+    # (and MLflow refuses a `+` in a key)
+    spec = {k.lstrip("+~"): v for k, v in (o.partition("=")[::2] for o in swept_overrides(config))}
     return {k: v for k, v in params.items() if not _swept(k, list(spec))} | spec
 
 
@@ -251,10 +253,9 @@ class MlflowSweepCallback(Callback):
         client.log_dict(self._parent_id, definition, "sweep.yaml")
         try:
             params = parent_params(config)
-        except Exception as e:  # params are for reading; a config they cannot be read from must not stop the sweep
+            client.log_batch(self._parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        except Exception as e:  # params are for reading; failing them must not leave the sweep unwatched
             print(f"fedlm: the sweep parent run gets no params: {e!r}", flush=True)
-            params = {}
-        client.log_batch(self._parent_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
         client.set_tag(self._parent_id, tags.DESCRIPTION, parent_description(config))
         print(f"MLflow sweep parent run {self._parent_id} ({sweep_name(config)})", flush=True)
         self._watch(config)

@@ -125,3 +125,26 @@ def test_an_appended_group_swept_by_an_experiment_file_names_its_children():
     assert swept == ["experiment/reddi2020_server", "seed"]
     job = ["+experiment/reddi2020_server=fedadam", "seed=1", "experiment=reddi2020_shakespeare"]
     assert names.child_name(job, swept, {*GROUPS, "experiment/reddi2020_server"}) == "fedadam · seed=1"
+
+
+def test_the_parent_of_an_appended_group_sweep_takes_its_params(tmp_path):
+    """The parent of `experiment=reddi2020_shakespeare` (or mcmahan2017's) got no params, no description and no
+    stop handling: MLflow refused its sweep-spec param `+experiment/reddi2020_server` (no `+` in a key) inside the
+    sweep callback. Its params are keyed as the children's are, and MLflow takes them."""
+    import mlflow
+    from hydra import compose, initialize_config_dir
+    from mlflow.entities import Param
+
+    from fedlm.tracking import sweep
+    from tests.conftest import CONF_DIR
+
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose(config_name="config", overrides=["experiment=mcmahan2017_shakespeare"], return_hydra_config=True)
+    params = sweep.parent_params(cfg)
+    assert params["experiment/mcmahan2017_algorithm"] == "fedavg,fedsgd" and params["partition"] == "role,iid"
+    assert params["experiment"] == "mcmahan2017_shakespeare" and params["seq_length"] == 80
+    assert "seed" in params and not [k for k in params if k.startswith(("+", "~"))]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/store.db")
+    run = client.create_run(client.create_experiment("sweeps"))
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
+    assert client.get_run(run.info.run_id).data.params["experiment/mcmahan2017_algorithm"] == "fedavg,fedsgd"
