@@ -69,16 +69,45 @@ def _swept(key: str, swept: Sequence[str]) -> bool:
 
 
 def parent_params(config: DictConfig) -> dict[str, Any]:
-    """The params every child shares (the sweep's config, but the swept keys), and each swept key with its sweep
-    spec (`optimizer` = `sgd,adam`): the parent ticked with its children then differs from them only there."""
+    """The params every child shares (the sweep's config, but the swept keys and what a swept group's options set),
+    and each swept key with its sweep spec (`optimizer` = `sgd,adam`): the parent ticked with its children then
+    differs from them only there. What an option of a swept group sets is known only by composing it (an experiment
+    file's `+experiment/mcmahan2017_algorithm=fedsgd` sets the algorithm and the optimizers): in Hydra's launching
+    process, the config is composed with the first value of every swept group and then with each other value of
+    one group at a time (1 + the other values' count, not the whole grid), and a key is shared where all of those
+    agree (the launching config itself is then no job's)."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from fedlm.tracking import store
 
-    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    params = store.run_params(schema.flat_config(task), dict(config.hydra.runtime.choices))
+    def params_of(cfg: DictConfig) -> dict[str, Any]:
+        task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        return store.run_params(schema.flat_config(task), dict(cfg.hydra.runtime.choices))
+
+    parser = OverridesParser.create()
+    fixed = [
+        o.input_line for o in parser.parse_overrides(list(config.hydra.overrides.task)) if not o.is_sweep_override()
+    ]
+    groups: dict[str, list[str]] = {}  # each swept group (as its override names it, `+experiment/…`): its values
+    for line in swept_overrides(config):
+        override = parser.parse_override(line)
+        group = override.key_or_group
+        if override.is_sweep_override() and ("/" in group or group in config.hydra.runtime.choices):
+            groups[override.get_key_element()] = list(override.sweep_string_iterator())
+    # Jobs: the first value of every swept group, then each other value of one group at a time.
+    first = {group: values[0] for group, values in groups.items()}
+    jobs = [first] * bool(groups) + [first | {g: v} for g, values in groups.items() for v in values[1:]]
+    composed = [
+        params_of(compose(config.hydra.job.config_name, [*fixed, *(f"{g}={v}" for g, v in job.items())], True))
+        for job in jobs
+    ]
+    shared = composed[0] if composed else params_of(config)
+    shared = {k: v for k, v in shared.items() if all(k in other and other[k] == v for other in composed)}
     # keyed as the children's params are: `+experiment/reddi2020_server` is the group experiment/reddi2020_server
     # (and MLflow refuses a `+` in a key)
     spec = {k.lstrip("+~"): v for k, v in (o.partition("=")[::2] for o in swept_overrides(config))}
-    return {k: v for k, v in params.items() if not _swept(k, list(spec))} | spec
+    return {k: v for k, v in shared.items() if not _swept(k, list(spec))} | spec
 
 
 def parent_description(config: DictConfig, children: Sequence[Any] = ()) -> str:

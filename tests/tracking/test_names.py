@@ -140,10 +140,13 @@ def test_the_parent_of_an_appended_group_sweep_takes_its_params(tmp_path):
 
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose(config_name="config", overrides=["experiment=mcmahan2017_shakespeare"], return_hydra_config=True)
-    params = sweep.parent_params(cfg)
+        params = sweep.parent_params(cfg)  # composes each swept group's options, as in Hydra's launching process
     assert params["experiment/mcmahan2017_algorithm"] == "fedavg,fedsgd" and params["partition"] == "role,iid"
     assert params["experiment"] == "mcmahan2017_shakespeare" and params["seq_length"] == 80
     assert "seed" in params and not [k for k in params if k.startswith(("+", "~"))]
+    # what the two algorithm files set alike is shared; what they set apart is not (it showed algorithm=fedavg)
+    assert params["batch_size"] == 10 and params["server_optimizer.learning_rate"] == 1.0
+    assert not [k for k in params if k.split(".")[0] in ("algorithm", "optimizer", "schedule")], params
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/store.db")
     run = client.create_run(client.create_experiment("sweeps"))
     client.log_batch(run.info.run_id, params=[Param(k, str(v)[:500]) for k, v in params.items()])
