@@ -245,9 +245,9 @@ def test_each_round_applies_the_update_at_the_scheduled_server_rate(start, serve
 
 def test_a_resumed_run_continues_both_schedules_where_its_checkpoint_left_them(start, tmp_path):
     """The round counters are in the server state: saved, loaded and continued, the rates go on from round 2."""
-    import asyncio
-
     import tensorflow_federated as tff
+
+    from fedlm.utils import run_sync
 
     overrides = ["rounds=3", *CLIENT_DECAY, "server_schedule=inverse_sqrt", "clients_per_round=2"]
     cfg = compose_config(overrides)
@@ -257,8 +257,8 @@ def test_a_resumed_run_continues_both_schedules_where_its_checkpoint_left_them(s
     started = experiment.start_process(cfg, process, template)
     first = started.next(started.initialize(), [CLIENTS["A"]])
     files = tff.program.FileProgramStateManager(str(tmp_path))
-    asyncio.run(files.save(first.state, 1))
-    loaded = asyncio.run(files.load(1, started.initialize()))
+    run_sync(files.save(first.state, 1))
+    loaded = run_sync(files.load(1, started.initialize()))
     second = started.next(loaded, [CLIENTS["A"]]).metrics
     assert second["client_work"]["client_learning_rate"] == pytest.approx(0.5 * 0.25)  # optimizer=sgd's 0.5
     assert second["finalizer"]["learning_rate"] == pytest.approx(1.0 / np.sqrt(2))  # server_optimizer=sgd's 1.0
@@ -295,9 +295,9 @@ def weights(process, state) -> list[np.ndarray]:
 def test_dp_runs_reproduce_and_resume_to_the_uninterrupted_result(start, tmp_path):
     """The DP noise is a function of (seed, round): two runs of one seed train the same weights, another seed other
     ones, and a process built anew from round 1's checkpoint (a resumed run) trains round 2 as the first did."""
-    import asyncio
-
     import tensorflow_federated as tff
+
+    from fedlm.utils import run_sync
 
     clients = [CLIENTS["A"], CLIENTS["B"]]
     process = dp_process(seed=5)
@@ -313,9 +313,9 @@ def test_dp_runs_reproduce_and_resume_to_the_uninterrupted_result(start, tmp_pat
     assert norm(delta(weights(other, state), weights(process, round2))) > 1e-4
 
     files = tff.program.FileProgramStateManager(str(tmp_path))
-    asyncio.run(files.save(round1, 1))
+    run_sync(files.save(round1, 1))
     resumed = dp_process(seed=5)
-    saved = asyncio.run(files.load(1, resumed.initialize()))
+    saved = run_sync(files.load(1, resumed.initialize()))
     state = resumed.next(saved, clients).state
     for a, b in zip(weights(resumed, state), weights(process, round2)):
         np.testing.assert_array_equal(a, b)

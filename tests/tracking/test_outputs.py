@@ -207,7 +207,7 @@ def test_mlflow_server_shows_the_run(tiny_run_id, tmp_path):
 
 def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
     """rounds=1 eval_every=5: round 1 trains, then the loop evaluates it once more; that is no second round."""
-    import asyncio
+    from fedlm.utils import run_sync
 
     progress = release.ProgressReleaseManager(total_rounds=1)
     for value, key in (
@@ -215,8 +215,7 @@ def test_progress_line_of_a_final_evaluation_off_schedule_says_so(capsys):
         ({"client_work/train/loss": 1.8}, 1),
         ({"evaluation/loss": 1.7}, 1),
     ):
-        # not asyncio.run: it leaves the thread without an event loop, which TFF's loop and fedlm's checkpoints use
-        asyncio.get_event_loop().run_until_complete(progress.release(value, key))
+        run_sync(progress.release(value, key))  # fedlm's: asyncio.run would leave the thread without a loop
     start, trained, final = capsys.readouterr().out.splitlines()
     assert start.startswith("round 0/1") and "eval_loss 1.9000" in start
     assert trained.startswith("round 1/1") and "s/round" in trained and "final" not in trained
