@@ -204,8 +204,8 @@ class Stopwatch:
 
 
 class Interrupted(SystemExit):
-    """Ctrl-C or SIGTERM arrived; raised at the next round boundary (or at once, on a second request) so the run ends
-    cleanly."""
+    """A stop request arrived (`STOP_SIGNALS`); raised at the next round boundary (or at once, on a second request)
+    so the run ends cleanly."""
 
     @property
     def signal_name(self) -> str:
@@ -217,6 +217,10 @@ class Interrupted(SystemExit):
 # `uv run`, which forwards SIGTERM at once and SIGINT 200 ms later. A person asking again reads the notice first.
 REPEAT_WINDOW = 1.0
 _clock = time.monotonic
+# What asks a run to stop: Ctrl-C, SIGTERM (`kill`, a scheduler's preemption or time limit) and SIGUSR2 (a batch
+# scheduler's warning before the time limit: SLURM's `--signal=USR2@<s>`, submitit's default, sent early enough to
+# finish the round; its default action would kill the run mid-round and leave its MLflow run RUNNING).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 @dataclasses.dataclass
@@ -388,7 +392,7 @@ _startup_line = ""
 def _on_startup_signal(signum: int, frame: types.FrameType | None) -> None:
     if not _in_startup:  # the run's own handlers are done with (its end): stop quietly with the signal's status
         raise Interrupted(128 + signum)
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         # Stopping: the same request's copy (uv forwards it) and later ones must not interrupt the exit.
         signal.signal(sig, signal.SIG_IGN)
     _say(f"fedlm: got {signal.Signals(signum).name} {_startup_line}")
@@ -404,7 +408,7 @@ def startup(
     run yet (a pretraining is cached only when complete). `tff_context` takes over for the rounds."""
     global _in_startup, _startup_line
     _in_startup, _startup_line = True, line
-    previous = {sig: signal.signal(sig, _on_startup_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _on_startup_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -635,7 +639,7 @@ def tff_context(
         )
     atexit.register(kill_children)
     stop = _stop = _StopRequest()
-    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, _on_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:

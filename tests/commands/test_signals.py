@@ -62,6 +62,25 @@ def test_a_signal_to_the_process_group_under_uv_stops_after_the_round(tmp_path, 
 
 
 @pytest.mark.e2e
+def test_a_schedulers_warning_before_the_time_limit_stops_after_the_round(tmp_path):
+    """SLURM's `--signal=USR2@<seconds>` (submitit's default warning, before the limit's SIGTERM and SIGKILL) goes to
+    the job's python process itself (submitit starts no uv): the run stops after the round, as for SIGTERM, while
+    there is still time; before, SIGUSR2's default action killed it mid-round and left its MLflow run RUNNING."""
+    import psutil
+
+    proc = _start(tmp_path, "usr2")
+    before = read_until(proc, r"^round 2/")
+    (python,) = [p for p in psutil.Process(proc.pid).children() if "fedlm.run" in " ".join(p.cmdline())]
+    python.send_signal(signal.SIGUSR2)
+    out = _finish(proc, before)
+    assert proc.returncode == 128 + signal.SIGUSR2, out[-3000:]
+    assert out.count("got SIGUSR2, stopping after this round") == 1, out[-3000:]
+    assert RunDirectory(tmp_path / "run").rounds()[-1] == 2, out[-3000:]
+    assert "last checkpoint: round 2" in out and "round 3/" not in out
+    assert _only_run("usr2").info.status == "KILLED"
+
+
+@pytest.mark.e2e
 def test_a_second_signal_after_the_notice_stops_at_once_under_uv(tmp_path):
     proc = _start(tmp_path, "second_signal")
     before = read_until(proc, r"^round 2/")
