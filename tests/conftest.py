@@ -133,17 +133,17 @@ def start_fedlm(
     SIGINT only then). `env`: added to the environment, which is this process's without the experiment that an
     in-process test's `mlflow.set_experiment` put in $MLFLOW_EXPERIMENT_ID (a test that wants it sets it)."""
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_EXPERIMENT_ID"} | (env or {})
+    hydra_dirs = [f"hydra.run.dir={tmp_path / run_dir}", f"hydra.sweep.dir={tmp_path}/sweep"]
+    return start_in_session([*(python or [sys.executable]), "-m", module, *args, *hydra_dirs], cwd, environment)
+
+
+def start_in_session(command: list[str], cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`command` in a session of its own (its id: the process's pid), recorded so that the test session checks at
+    its end that nothing of it is left; no terminal on stdin; stdout and stderr as one text stream."""
     proc = subprocess.Popen(
-        [
-            *(python or [sys.executable]),
-            "-m",
-            module,
-            *args,
-            f"hydra.run.dir={tmp_path / run_dir}",
-            f"hydra.sweep.dir={tmp_path}/sweep",
-        ],
+        command,
         cwd=cwd,
-        env=environment,
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -245,17 +245,7 @@ def team_server() -> Iterator[TeamServer]:
     # From a shell where another tool's `mlflow.set_experiment` left $MLFLOW_EXPERIMENT_ID (of another store): the
     # server read it as the default experiment of requests without one, and failed the sweep's jobs.
     stale = {**os.environ, "MLFLOW_EXPERIMENT_ID": "424242"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fedlm.server", *args],
-        cwd=ROOT,
-        env=stale,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    _sessions.add(proc.pid)
+    proc = start_in_session([sys.executable, "-m", "fedlm.server", *args], env=stale)
     try:
         ready = read_until(proc, r"^fedlm\.server: MLflow at ").splitlines()[-1]
         database = f"postgresql://mlflow@127.0.0.1:{database_port}/mlflow"

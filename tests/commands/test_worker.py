@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -17,7 +16,7 @@ import mlflow
 import pytest
 
 from tests import remote_workers
-from tests.conftest import ROOT, TINY, UV_RUN, assert_session_ended, read_until, run_fedlm, start_fedlm
+from tests.conftest import TINY, UV_RUN, assert_session_ended, read_until, run_fedlm, start_fedlm, start_in_session
 
 pytestmark = pytest.mark.e2e  # each starts fedlm.worker or fedlm.run in a subprocess
 
@@ -41,15 +40,7 @@ def history(run: str) -> dict[str, dict[int, float]]:
 
 def test_the_worker_command_says_where_it_listens_and_stops_on_sigterm_through_uv_run():
     port = remote_workers.free_port()
-    proc = subprocess.Popen(
-        [*UV_RUN, "-m", "fedlm.worker", "--port", str(port)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_in_session([*UV_RUN, "-m", "fedlm.worker", "--port", str(port)])
     try:
         line = read_until(proc, "listening")
         assert f"listening on [::]:{port}, every interface" in line and "private networks only" in line
@@ -72,14 +63,7 @@ def test_a_worker_started_with_sigint_blocked_and_ignored_stops_on_sigint():
         "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}); "
         "signal.signal(signal.SIGINT, signal.SIG_IGN); from fedlm import worker; worker.main(sys.argv[1:])"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = start_in_session([sys.executable, "-c", code, "--port", str(port)])
     read_until(proc, "listening")
     os.kill(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
